@@ -1,0 +1,37 @@
+# One entry point. `make demo` and `make check` do all their own set-up (as root on Debian 12).
+.PHONY: demo check selftests-full setup kernel selftests host-test lint patches clean-build clean-cache
+
+demo:
+	@scripts/demo
+
+check:
+	@scripts/check
+
+selftests-full:
+	@scripts/selftests-full
+
+setup:
+	@scripts/setup
+
+kernel: setup
+	@scripts/build-kernel
+
+selftests: kernel
+	@scripts/build-selftests
+
+host-test:
+	cd tests/host && cargo test
+
+lint:
+	@scripts/lint
+
+patches:
+	@scripts/make-patches
+
+# The build tree only (the next build is cold); the unpacked source and ccache stay.
+clean-build:
+	rm -rf "$${KVMRS_CACHE:-$${XDG_CACHE_HOME:-$$HOME/.cache}/kvm-coalesced-rs}/build"
+
+# Everything the harness cached.
+clean-cache:
+	rm -rf "$${KVMRS_CACHE:-$${XDG_CACHE_HOME:-$$HOME/.cache}/kvm-coalesced-rs}"

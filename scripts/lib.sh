@@ -1,0 +1,36 @@
+# shellcheck shell=bash
+# Common settings for the harness scripts. Sourced, never run.
+
+set -euo pipefail
+
+export TOP
+TOP=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# Everything slow or large lives outside git, under one cache directory.
+CACHE=${KVMRS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/kvm-coalesced-rs}
+export CARGO_HOME=${CARGO_HOME:-$HOME/.cargo}
+export PATH="$CARGO_HOME/bin:$PATH"
+export CCACHE_DIR=$CACHE/ccache
+
+T0=${T0:-$(date +%s)}
+export T0
+
+# stage NAME: print a progress line with the seconds elapsed since the harness started.
+stage() {
+	printf '==> [%4ss] %s\n' "$(($(date +%s) - T0))" "$*" >&2
+}
+
+die() {
+	printf 'error: %s\n' "$*" >&2
+	exit 1
+}
+
+# staged_selftests: a directory holding only the built selftest executables (not objects), named
+# kvm/, ready for `vm-run --add`. Needs $BUILD.
+staged_selftests() {
+	local out=$BUILD/selftests-staged/kvm
+	rm -rf "$out"
+	mkdir -p "$out"
+	(cd "$BUILD/selftests/kvm" && find . -type f -perm -u+x ! -name '*.o' ! -name '*.a' -print0 |
+		cpio -0 -pdm --quiet "$out")
+	echo "$out"
+}

@@ -1,0 +1,104 @@
+#!/usr/bin/env python3
+"""Bring a kernel work tree to "pristine base + our overlay files + our patches".
+
+Each run computes the wanted content of every file the overlay or the patches touch, starting from
+the pristine unpack, and writes only files whose content differs, so kbuild rebuilds exactly what
+changed. Files touched by a previous run but no longer by this one are restored from pristine (or
+removed if the base has no such file). Patches are applied to pristine copies every time, so a patch
+is never applied twice and an edited patch takes effect on the next run.
+
+usage: overlay.py REPO PRISTINE WORK
+"""
+
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import tempfile
+
+# Top-level directories of the repository that mirror kernel paths.
+OVERLAY_ROOTS = ("virt", "rust", "Documentation", "tools", "include", "arch")
+MANIFEST = ".kvmrs-overlay-manifest"
+
+
+def tracked_files(repo: pathlib.Path) -> list[str]:
+    """Overlay files: what git knows about (tracked or untracked, not ignored) under OVERLAY_ROOTS."""
+    out = subprocess.run(
+        ["git", "-C", str(repo), "ls-files", "--cached", "--others", "--exclude-standard", "-z", "--", *OVERLAY_ROOTS],
+        check=True, capture_output=True).stdout.decode()
+    return sorted({f for f in out.split("\0") if f and (repo / f).is_file()})
+
+
+def patch_targets(patch: pathlib.Path) -> set[str]:
+    targets = set()
+    for line in patch.read_text(errors="replace").splitlines():
+        for prefix in ("--- a/", "+++ b/"):
+            if line.startswith(prefix):
+                targets.add(line[len(prefix):].split("\t")[0].strip())
+    return targets
+
+
+def wanted_contents(repo, pristine):
+    """Map each touched path to its wanted bytes, or None when the result must not exist."""
+    wanted = {}
+    patches = sorted((repo / "patches").glob("*.patch"))
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = pathlib.Path(tmp)
+        targets = set()
+        for p in patches:
+            targets |= patch_targets(p)
+        for rel in targets:
+            if (pristine / rel).is_file():
+                (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(pristine / rel, tmp / rel)
+        for p in patches:
+            r = subprocess.run(["patch", "-p1", "--batch", "--forward", "--silent", "-d", str(tmp), "-i", str(p)],
+                               capture_output=True, text=True)
+            if r.returncode:
+                sys.exit(f"error: {p.name} does not apply to the base tree:\n{r.stdout}{r.stderr}")
+        for rel in targets:
+            f = tmp / rel
+            wanted[rel] = f.read_bytes() if f.is_file() else None
+    for rel in tracked_files(repo):
+        if rel in wanted:
+            sys.exit(f"error: {rel} is both an overlay file and patched; keep one")
+        wanted[rel] = (repo / rel).read_bytes()
+    return wanted
+
+
+def write_if_changed(path: pathlib.Path, data) -> bool:
+    if data is None:
+        if path.exists():
+            path.unlink()
+            return True
+        return False
+    if path.is_file() and path.read_bytes() == data:
+        return False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".kvmrs-tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+    return True
+
+
+def main():
+    repo, pristine, work = (pathlib.Path(a).resolve() for a in sys.argv[1:4])
+    wanted = wanted_contents(repo, pristine)
+    manifest = work / MANIFEST
+    previous = set(manifest.read_text().split("\n")) - {""} if manifest.exists() else set()
+    changed = []
+    for rel in sorted(previous - wanted.keys()):
+        base = pristine / rel
+        if write_if_changed(work / rel, base.read_bytes() if base.is_file() else None):
+            changed.append(f"restored {rel}")
+    for rel, data in sorted(wanted.items()):
+        if write_if_changed(work / rel, data):
+            changed.append(f"updated {rel}")
+    manifest.write_text("".join(f"{rel}\n" for rel in sorted(wanted)))
+    for line in changed:
+        print(f"    {line}")
+
+
+if __name__ == "__main__":
+    main()
