@@ -17,7 +17,7 @@
 /// passes the requested zone's `u32` size converted to `int`, so a size of 2^31 or more is negative
 /// and matches nothing. Both sums wrap around `u64` as in C: an access that wraps is refused, while
 /// a zone whose end wraps has an end below its start and contains nothing.
-pub fn zone_contains(zone_addr: u64, zone_size: u32, addr: u64, len: i32) -> bool {
+pub(crate) fn zone_contains(zone_addr: u64, zone_size: u32, addr: u64, len: i32) -> bool {
     let Ok(len) = u64::try_from(len) else {
         return false;
     };
@@ -27,11 +27,11 @@ pub fn zone_contains(zone_addr: u64, zone_size: u32, addr: u64, len: i32) -> boo
 
 /// Where the next ring entry goes, and the value `last` takes once it is written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Insert {
+pub(crate) struct Insert {
     /// Index of the entry to fill: always below the ring size.
-    pub slot: u32,
+    pub(crate) slot: u32,
     /// The new `last`, published after the entry is filled.
-    pub next_last: u32,
+    pub(crate) next_last: u32,
 }
 
 /// Finds the slot for one more entry in a ring of `max` entries whose userspace-visible indices
@@ -43,7 +43,7 @@ pub struct Insert {
 /// test is `(last + 1) % max == first` and not the older `(first - last - 1) % max == 0`, which
 /// wrapped in `u32` and called a ring with 84 free entries full (fixed in 6.12). `first` is
 /// compared, never used as an index, so any value of it is harmless.
-pub fn next_insert(first: u32, last: u32, max: u32) -> Option<Insert> {
+pub(crate) fn next_insert(first: u32, last: u32, max: u32) -> Option<Insert> {
     if last >= max {
         return None;
     }

@@ -1,6 +1,6 @@
 //! Edge cases of the coalesced MMIO arithmetic, and properties against the C transcription.
 
-use coalesced_mmio_host_tests::{
+use crate::{
     c_model,
     logic::{next_insert, zone_contains, Insert},
 };
