@@ -1,0 +1,302 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Coalesced MMIO and PIO: the ring page a VM shares with userspace, and the VM's zone list.
+//!
+//! C headers: [`include/uapi/linux/kvm.h`](srctree/include/uapi/linux/kvm.h),
+//! [`include/linux/kvm_host.h`](srctree/include/linux/kvm_host.h)
+//!
+//! The ring page is mapped writable into the VMM, which may store anything into it at any moment.
+//! No Rust reference to it is ever formed: every access is a single volatile read or write of one
+//! field (`READ_ONCE`/`WRITE_ONCE` in C), at an index checked against the ring's size here.
+
+use super::{
+    iodev::{Header, IoDeviceOps, IoRange, NewIoDevice},
+    SlotsGuard, Vm,
+};
+use crate::{
+    bindings,
+    error::{
+        code::{EINVAL, ENOMEM},
+        to_result, Result,
+    },
+    str::CStr,
+    sync::LockClassKey,
+    types::Opaque,
+};
+use core::{
+    marker::PhantomData,
+    ptr::{addr_of, addr_of_mut},
+};
+
+/// Number of entries in the ring, `KVM_COALESCED_MMIO_MAX`: 170 with 4 KiB pages.
+pub const RING_ENTRIES: u32 = bindings::KVM_COALESCED_MMIO_MAX as u32;
+const _: () = assert!(bindings::KVM_COALESCED_MMIO_MAX <= u32::MAX as usize);
+
+/// Bytes of data one ring entry holds (`kvm_coalesced_mmio.data`).
+const ENTRY_DATA: usize = 8;
+
+/// A zone as userspace passes it to `KVM_(UN)REGISTER_COALESCED_MMIO`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Zone {
+    /// First guest-physical address (MMIO) or port (PIO).
+    pub addr: u64,
+    /// Length in bytes.
+    pub size: u32,
+    /// 1 for a zone of I/O ports, 0 for MMIO; userspace may pass anything here.
+    pub pio: u32,
+}
+
+impl Zone {
+    /// Reads the zone that a VM ioctl copied from userspace.
+    ///
+    /// # Safety
+    ///
+    /// `ptr` must be valid for reading a `struct kvm_coalesced_mmio_zone`.
+    #[inline]
+    pub unsafe fn read_raw(ptr: *const bindings::kvm_coalesced_mmio_zone) -> Self {
+        // SAFETY: the caller guarantees `ptr` is valid for reads; the struct is plain data.
+        let zone = unsafe { ptr.read() };
+        Zone {
+            addr: zone.addr,
+            size: zone.size,
+            // SAFETY: `pad` and `pio` are the two `u32` members of one union (`pad` is the name
+            // from before coalesced PIO), so reading `pio` reads those four bytes either way.
+            pio: unsafe { zone.__bindgen_anon_1.pio },
+        }
+    }
+}
+
+/// Sets up a new VM's coalesced MMIO state: its ring page, `ring_lock` and zone list.
+///
+/// The ring is one zeroed page charged to the VM's memory cgroup. It comes from the page
+/// allocator in the direct map because `kvm_main.c` maps it into userspace with
+/// `virt_to_page()`.
+///
+/// # Safety
+///
+/// `kvm` must point to a VM that `kvm_create_vm()` is creating and that no other thread can
+/// reach yet; this must be called once for it, before any other function of this module.
+#[inline]
+pub unsafe fn init_vm(
+    kvm: *mut bindings::kvm,
+    lock_name: &'static CStr,
+    lock_key: &'static LockClassKey,
+) -> Result {
+    // SAFETY: plain page allocation; order 0 and these flags are valid for any caller that may
+    // sleep, which VM creation may.
+    let page = unsafe {
+        bindings::__get_free_pages(bindings::GFP_KERNEL_ACCOUNT | bindings::__GFP_ZERO, 0)
+    };
+    if page == 0 {
+        return Err(ENOMEM);
+    }
+    // SAFETY: the caller guarantees `kvm` is valid and ours alone; the lock name and class key
+    // are static, as lockdep requires.
+    unsafe {
+        (*kvm).coalesced_mmio_ring = page as *mut bindings::kvm_coalesced_mmio_ring;
+        bindings::__spin_lock_init(
+            addr_of_mut!((*kvm).ring_lock),
+            lock_name.as_char_ptr(),
+            lock_key.as_ptr(),
+        );
+        bindings::INIT_LIST_HEAD(addr_of_mut!((*kvm).coalesced_zones));
+    }
+    Ok(())
+}
+
+/// Frees a VM's ring page, if [`init_vm`] allocated one.
+///
+/// # Safety
+///
+/// `kvm` must point to a VM that `kvm_destroy_vm()` (or the error path of `kvm_create_vm()`) is
+/// tearing down: its buses, and with them all its zones, are gone, and no one maps or uses the
+/// ring any more. This must be called once.
+#[inline]
+pub unsafe fn free_vm(kvm: *mut bindings::kvm) {
+    // SAFETY: the caller guarantees `kvm` is valid and no longer used by anyone else.
+    let ring = unsafe { (*kvm).coalesced_mmio_ring };
+    if !ring.is_null() {
+        // SAFETY: `init_vm` got this order-0 page from `__get_free_pages()`, and the caller
+        // guarantees nothing uses it any more.
+        unsafe { bindings::free_pages(ring as usize, 0) };
+    }
+}
+
+impl Vm {
+    /// Takes `kvm->ring_lock`, which serialises the writers of the VM's coalesced ring.
+    ///
+    /// A spinlock: nothing may sleep until the guard is dropped.
+    #[inline]
+    pub fn lock_coalesced_ring(&self) -> RingGuard<'_> {
+        let kvm = self.as_raw();
+        // SAFETY: by the type invariant of `Vm`, `init_vm` succeeded for this VM, so `ring_lock`
+        // is initialised.
+        unsafe { bindings::spin_lock(addr_of_mut!((*kvm).ring_lock)) };
+        // INVARIANT: the lock is held, and `init_vm` installed the ring page, which lives as
+        // long as the VM.
+        RingGuard {
+            vm: self,
+            // SAFETY: `kvm` is valid; the pointer field is written once, by `init_vm`.
+            ring: unsafe { (*kvm).coalesced_mmio_ring },
+            _not_send: PhantomData,
+        }
+    }
+}
+
+/// The VM's coalesced ring, with `ring_lock` held; releases the lock when dropped.
+///
+/// Userspace owns `first` and may write any field at any time; with the lock, this guard is the
+/// only kernel writer of the entries and of `last`.
+///
+/// # Invariants
+///
+/// The current thread holds `vm.ring_lock`, and `ring` is the VM's ring page: one page, alive as
+/// long as the VM, holding a header and [`RING_ENTRIES`] entries.
+pub struct RingGuard<'a> {
+    vm: &'a Vm,
+    ring: *mut bindings::kvm_coalesced_mmio_ring,
+    _not_send: PhantomData<*mut ()>,
+}
+
+impl RingGuard<'_> {
+    /// Reads the index userspace consumes from (`READ_ONCE(ring->first)`): any value at all.
+    #[inline]
+    pub fn first(&self) -> u32 {
+        // SAFETY: `ring` is valid by the type invariant; a volatile read of an aligned `u32`
+        // that userspace may be writing yields some value of it and nothing worse.
+        unsafe { addr_of!((*self.ring).first).read_volatile() }
+    }
+
+    /// Reads the index KVM produces at (`READ_ONCE(ring->last)`): userspace may have changed it
+    /// too, so it must be bounds-checked before use.
+    #[inline]
+    pub fn last(&self) -> u32 {
+        // SAFETY: as in `first`.
+        unsafe { addr_of!((*self.ring).last).read_volatile() }
+    }
+
+    /// Fills entry `slot` with a write of `data` at `addr`; `pio` is the zone's `pio` flag.
+    ///
+    /// Refuses with `EINVAL`, writing nothing, if `slot` is outside the ring or `data` is longer
+    /// than an entry holds. Neither happens for a slot chosen with the ring's indices and an
+    /// access from KVM (at most 8 bytes); the checks keep this function from ever writing
+    /// outside the ring page.
+    #[inline]
+    pub fn fill(&mut self, slot: u32, addr: u64, data: &[u8], pio: u32) -> Result {
+        if slot >= RING_ENTRIES || data.len() > ENTRY_DATA {
+            return Err(EINVAL);
+        }
+        // SAFETY: `ring` is valid by the type invariant and `slot < RING_ENTRIES`, so the entry
+        // lies inside the page. Each store is a volatile write of one aligned field (or byte),
+        // which userspace may read concurrently: that is the protocol, and no Rust reference to
+        // the shared memory is created.
+        unsafe {
+            let entry = addr_of_mut!((*self.ring).__bindgen_anon_1.coalesced_mmio)
+                .cast::<bindings::kvm_coalesced_mmio>()
+                .add(slot as usize);
+            addr_of_mut!((*entry).phys_addr).write_volatile(addr);
+            addr_of_mut!((*entry).len).write_volatile(data.len() as u32);
+            let bytes = addr_of_mut!((*entry).data).cast::<u8>();
+            for (i, byte) in data.iter().enumerate() {
+                bytes.add(i).write_volatile(*byte);
+            }
+            addr_of_mut!((*entry).__bindgen_anon_1)
+                .cast::<u32>()
+                .write_volatile(pio);
+        }
+        Ok(())
+    }
+
+    /// Publishes filled entries by moving `last` (`smp_wmb(); ring->last = last`).
+    ///
+    /// The write barrier comes first so that a VMM which sees the new `last` also sees every
+    /// entry before it; the VMM pairs it with a read barrier after reading `last`.
+    #[inline]
+    pub fn publish_last(&mut self, last: u32) {
+        // SAFETY: `smp_wmb()` has no preconditions.
+        unsafe { bindings::smp_wmb() };
+        // SAFETY: as in `first`, for a write.
+        unsafe { addr_of_mut!((*self.ring).last).write_volatile(last) };
+    }
+}
+
+impl Drop for RingGuard<'_> {
+    #[inline]
+    fn drop(&mut self) {
+        // SAFETY: by the type invariant this thread holds the VM's `ring_lock`.
+        unsafe { bindings::spin_unlock(addr_of_mut!((*self.vm.as_raw()).ring_lock)) };
+    }
+}
+
+impl SlotsGuard<'_> {
+    /// Puts a coalesced zone's device on its bus and appends it to the VM's zone list.
+    ///
+    /// On failure the device is freed and the bus's error returned: `ENOMEM`, or `ENOSPC` when
+    /// the bus already holds its maximum number of devices. A device made for another VM is
+    /// refused with `EINVAL`.
+    #[inline]
+    pub fn register_coalesced_zone<T: IoDeviceOps>(&mut self, dev: NewIoDevice<'_, T>) -> Result {
+        let kvm = self.vm().as_raw();
+        if dev.dev.header.vm.as_ptr() != kvm {
+            return Err(EINVAL);
+        }
+        let range = dev.dev.header.range;
+        let (dev, raw) = dev.into_raw();
+        // SAFETY: `slots_lock` is held as `kvm_io_bus_register_dev()` requires; `raw` is the C
+        // device inside a leaked box, which stays valid until its destructor runs.
+        let ret = unsafe {
+            bindings::kvm_io_bus_register_dev(
+                kvm,
+                range.bus.as_raw(),
+                range.addr,
+                // The C passes the `u32` size to the bus's `int` length unchanged.
+                range.size as i32,
+                raw,
+            )
+        };
+        if let Err(e) = to_result(ret) {
+            // SAFETY: the bus refused the device, so the box leaked above is still ours alone.
+            drop(unsafe { crate::alloc::KBox::from_raw(dev) });
+            return Err(e);
+        }
+        // SAFETY: `slots_lock` protects the zone list; the entry is in the now-registered device
+        // and stays valid until its destructor removes it.
+        unsafe {
+            bindings::list_add_tail(
+                Opaque::raw_get(addr_of!((*dev).header.link)),
+                addr_of_mut!((*kvm).coalesced_zones),
+            )
+        };
+        Ok(())
+    }
+
+    /// Unregisters, from its bus, every zone on the VM's list for which `matches` holds.
+    ///
+    /// Unregistering destroys the zone's device. If KVM cannot shrink the bus, it destroys every
+    /// device on that bus and the walk stops at once: the saved next entry may be gone too
+    /// (CVE-2021-47060), and a match is always on the same bus, so nothing is left to do.
+    #[inline]
+    pub fn unregister_coalesced_zones(&mut self, mut matches: impl FnMut(&IoRange) -> bool) {
+        let kvm = self.vm().as_raw();
+        // SAFETY: `slots_lock` is held, so the list and its entries change only through this
+        // walk. Every entry is the `link` of a registered `IoDevice`, whose `Header` is readable
+        // without knowing its data type. `next` is read before the current entry can be
+        // destroyed, as `list_for_each_entry_safe()` does.
+        unsafe {
+            let head = addr_of_mut!((*kvm).coalesced_zones);
+            let mut pos = (*head).next;
+            while pos != head {
+                let next = (*pos).next;
+                let header = crate::container_of!(pos, Header, link);
+                let range = (*header).range;
+                if matches(&range) {
+                    let dev = Opaque::raw_get(addr_of!((*header).dev));
+                    if bindings::kvm_io_bus_unregister_dev(kvm, range.bus.as_raw(), dev) != 0 {
+                        break;
+                    }
+                }
+                pos = next;
+            }
+        }
+    }
+}

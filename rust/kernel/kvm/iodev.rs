@@ -1,0 +1,246 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! In-kernel devices on KVM's I/O buses, `struct kvm_io_device`.
+//!
+//! C header: [`include/kvm/iodev.h`](srctree/include/kvm/iodev.h)
+//!
+//! A device is a Rust object in a [`KBox`]. Once registered on a bus, the bus owns it: KVM calls
+//! its operations from vCPU threads, and calls its destructor exactly once, when the device is
+//! unregistered or the VM is destroyed; the destructor drops the box.
+
+use super::{Bus, Vm};
+use crate::{
+    alloc::{flags::GFP_KERNEL_ACCOUNT, KBox},
+    bindings,
+    error::{code::EOPNOTSUPP, from_result, Result, VTABLE_DEFAULT_ERROR},
+    ffi::{c_int, c_void},
+    types::Opaque,
+};
+use core::{
+    marker::PhantomData,
+    ptr::{addr_of, addr_of_mut, NonNull},
+};
+use macros::vtable;
+
+/// The range a device claims on its bus.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IoRange {
+    /// The bus the device sits on.
+    pub bus: Bus,
+    /// First guest-physical address (MMIO) or port (PIO) of the range.
+    pub addr: u64,
+    /// Length of the range in bytes, as userspace gave it. KVM's bus takes a C `int`.
+    pub size: u32,
+}
+
+/// What a device does with the guest accesses that reach it.
+///
+/// KVM calls these from vCPU threads, several at once, inside an SRCU read-side section of the
+/// VM: they must not sleep.
+#[vtable]
+pub trait IoDeviceOps: Sized + Send + Sync {
+    /// Handles a guest write of `data` at `addr`.
+    ///
+    /// An error (KVM expects [`EOPNOTSUPP`]) hands the write on to the next device on the bus
+    /// and, if no device takes it, to userspace as an ordinary MMIO or PIO exit.
+    fn write(_dev: &IoDevice<Self>, _addr: u64, _data: &[u8]) -> Result {
+        crate::build_error(VTABLE_DEFAULT_ERROR)
+    }
+
+    /// Handles a guest read of `data.len()` bytes at `addr`, like [`IoDeviceOps::write`].
+    fn read(_dev: &IoDevice<Self>, _addr: u64, _data: &mut [u8]) -> Result {
+        crate::build_error(VTABLE_DEFAULT_ERROR)
+    }
+}
+
+/// The part of every [`IoDevice`] that does not depend on its data type.
+///
+/// `IoDevice<T>` is `repr(C)` with this header first, so code that only needs the header (the
+/// walk over the VM's zone list) can read it without knowing `T`.
+#[repr(C)]
+pub(super) struct Header {
+    /// What KVM's bus points to. First, so that a pointer to it is a pointer to the device.
+    pub(super) dev: Opaque<bindings::kvm_io_device>,
+    /// Entry on the VM's list of its coalesced zones. Initialised when, and only while, the device
+    /// is registered; protected by `slots_lock`.
+    pub(super) link: Opaque<bindings::list_head>,
+    pub(super) vm: NonNull<bindings::kvm>,
+    pub(super) range: IoRange,
+}
+
+/// A device on one of a VM's I/O buses, with driver data `T`.
+///
+/// # Invariants
+///
+/// `header.vm` is the VM the device was created for, and `header.dev.ops` is the operations
+/// table of `T`. A shared reference to an `IoDevice` exists only while its VM is alive: before
+/// registration through [`NewIoDevice`], whose lifetime is bound to the VM's; afterwards in
+/// callbacks, which KVM runs only for devices of a live VM.
+#[repr(C)]
+pub struct IoDevice<T> {
+    pub(super) header: Header,
+    data: T,
+}
+
+// SAFETY: the raw fields are the C device and list entry, which KVM accesses under its own rules
+// (the bus under SRCU, the list under `slots_lock`); the Rust data is `Send + Sync` itself.
+unsafe impl<T: Send> Send for IoDevice<T> {}
+
+// SAFETY: as for `Send`; shared access from several vCPUs only reads the header and `&T`.
+unsafe impl<T: Sync> Sync for IoDevice<T> {}
+
+impl<T: IoDeviceOps> IoDevice<T> {
+    /// Allocates a device for `vm` claiming `range`, charged to the VM's memory cgroup.
+    ///
+    /// It does nothing until it is registered on its bus (see [`super::SlotsGuard`]).
+    #[inline]
+    pub fn new(vm: &Vm, range: IoRange, data: T) -> Result<NewIoDevice<'_, T>> {
+        // INVARIANT: `vm` is the device's VM, and the ops table is the one built for `T`.
+        let dev = KBox::new(
+            IoDevice {
+                header: Header {
+                    dev: Opaque::new(bindings::kvm_io_device {
+                        ops: OpsTable::<T>::build(),
+                    }),
+                    link: Opaque::uninit(),
+                    // `Vm` is a transparent wrapper of `struct kvm`.
+                    vm: NonNull::from(vm).cast(),
+                    range,
+                },
+                data,
+            },
+            GFP_KERNEL_ACCOUNT,
+        )?;
+        Ok(NewIoDevice {
+            dev,
+            _vm: PhantomData,
+        })
+    }
+}
+
+impl<T> IoDevice<T> {
+    /// The VM the device belongs to.
+    #[inline]
+    pub fn vm(&self) -> &Vm {
+        // SAFETY: by the type invariant the VM is alive while `self` may be referenced.
+        unsafe { Vm::from_raw(self.header.vm.as_ptr()) }
+    }
+
+    /// The range the device claims on its bus.
+    #[inline]
+    pub fn range(&self) -> &IoRange {
+        &self.header.range
+    }
+
+    /// The driver's data.
+    #[inline]
+    pub fn data(&self) -> &T {
+        &self.data
+    }
+}
+
+/// A device that is not on a bus yet; registering it hands it to the bus.
+///
+/// Its lifetime is that of the VM it was created for, so the device cannot be used once that
+/// VM is gone.
+pub struct NewIoDevice<'a, T> {
+    pub(super) dev: KBox<IoDevice<T>>,
+    _vm: PhantomData<&'a Vm>,
+}
+
+/// The C operations table of devices with data `T`.
+struct OpsTable<T: IoDeviceOps>(PhantomData<T>);
+
+impl<T: IoDeviceOps> OpsTable<T> {
+    const VTABLE: bindings::kvm_io_device_ops = bindings::kvm_io_device_ops {
+        read: if T::HAS_READ {
+            Some(Self::read_callback)
+        } else {
+            None
+        },
+        write: if T::HAS_WRITE {
+            Some(Self::write_callback)
+        } else {
+            None
+        },
+        destructor: Some(Self::destructor_callback),
+    };
+
+    const fn build() -> &'static bindings::kvm_io_device_ops {
+        &Self::VTABLE
+    }
+
+    /// # Safety
+    ///
+    /// `this` must be the `dev` field of a live `IoDevice<T>` whose VM is alive, and `val` must
+    /// be valid for reading `len` bytes. KVM guarantees both when it calls `ops->write` for a
+    /// device on one of its buses.
+    unsafe extern "C" fn write_callback(
+        _vcpu: *mut bindings::kvm_vcpu,
+        this: *mut bindings::kvm_io_device,
+        addr: bindings::gpa_t,
+        len: c_int,
+        val: *const c_void,
+    ) -> c_int {
+        // A negative length is outside every range; the C device would say the same.
+        let Ok(len) = usize::try_from(len) else {
+            return EOPNOTSUPP.to_errno();
+        };
+        // SAFETY: `dev` is the first field of `Header`, which is the first field of the `repr(C)`
+        // `IoDevice<T>`, so `this` points to the device; the caller guarantees it is alive.
+        let dev = unsafe { &*this.cast::<IoDevice<T>>() };
+        // SAFETY: the caller guarantees `len` readable bytes at `val`, which KVM does not change
+        // during the call.
+        let data = unsafe { core::slice::from_raw_parts(val.cast::<u8>(), len) };
+        from_result(|| T::write(dev, addr, data).map(|()| 0))
+    }
+
+    /// # Safety
+    ///
+    /// `this` must be the `dev` field of a live `IoDevice<T>` whose VM is alive, and `val` must
+    /// be valid for writing `len` bytes, as KVM guarantees when it calls `ops->read`.
+    unsafe extern "C" fn read_callback(
+        _vcpu: *mut bindings::kvm_vcpu,
+        this: *mut bindings::kvm_io_device,
+        addr: bindings::gpa_t,
+        len: c_int,
+        val: *mut c_void,
+    ) -> c_int {
+        let Ok(len) = usize::try_from(len) else {
+            return EOPNOTSUPP.to_errno();
+        };
+        // SAFETY: as in `write_callback`.
+        let dev = unsafe { &*this.cast::<IoDevice<T>>() };
+        // SAFETY: the caller guarantees `len` writable bytes at `val`, used by no one else
+        // during the call.
+        let data = unsafe { core::slice::from_raw_parts_mut(val.cast::<u8>(), len) };
+        from_result(|| T::read(dev, addr, data).map(|()| 0))
+    }
+
+    /// # Safety
+    ///
+    /// `this` must be the `dev` field of an `IoDevice<T>` that was registered on a bus of its VM
+    /// (so it is a leaked [`KBox`] linked on the VM's zone list), and the bus must be done with
+    /// it: KVM calls `ops->destructor` once, after SRCU readers of the bus can no longer see the
+    /// device, with `slots_lock` held or while the VM is being destroyed.
+    unsafe extern "C" fn destructor_callback(this: *mut bindings::kvm_io_device) {
+        let dev = this.cast::<IoDevice<T>>();
+        // SAFETY: the caller guarantees a registered device, so its `link` is on the zone list,
+        // and that no one else walks the list now.
+        unsafe { bindings::list_del(Opaque::raw_get(addr_of!((*dev).header.link))) };
+        // SAFETY: registration leaked this box, and the bus hands back its only reference.
+        drop(unsafe { KBox::from_raw(dev) });
+    }
+}
+
+impl<T: IoDeviceOps> NewIoDevice<'_, T> {
+    /// The raw pointers that registration passes to KVM, keeping the box alive by leaking it.
+    ///
+    /// Returns the device and the C `struct kvm_io_device` inside it.
+    pub(super) fn into_raw(self) -> (*mut IoDevice<T>, *mut bindings::kvm_io_device) {
+        let dev = KBox::into_raw(self.dev);
+        // SAFETY: `dev` comes from `KBox::into_raw`, so it is valid.
+        let raw = unsafe { Opaque::raw_get(addr_of_mut!((*dev).header.dev)) };
+        (dev, raw)
+    }
+}
