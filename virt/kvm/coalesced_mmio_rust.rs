@@ -1,0 +1,170 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! KVM coalesced MMIO and PIO, in Rust.
+//!
+//! The same job as `coalesced_mmio.c`, chosen instead of it by `CONFIG_KVM_COALESCED_MMIO_RUST`.
+//! A zone is a guest-physical (MMIO) or port (PIO) range whose writes need not reach the VMM at
+//! once: KVM appends each one to a ring page shared with the VMM and resumes the guest, and the
+//! VMM replays the ring before it handles its next exit.
+//!
+//! `kvm_main.c` calls the four functions declared in `coalesced_mmio.h`; they are the only
+//! `unsafe` code here. Locking, as in C: `kvm->slots_lock` guards the zone list and the buses,
+//! `kvm->ring_lock` serialises the vCPUs that append to the ring.
+
+mod coalesced_mmio_logic;
+
+use coalesced_mmio_logic::{next_insert, zone_contains};
+use kernel::{
+    bindings, c_str,
+    error::{
+        code::{EINVAL, EOPNOTSUPP},
+        from_result,
+    },
+    ffi::c_int,
+    kvm::{
+        coalesced::{self, Zone, RING_ENTRIES},
+        iodev::{IoDevice, IoDeviceOps, IoRange},
+        Bus, Vm,
+    },
+    prelude::*,
+    static_lock_class,
+};
+
+/// The device behind a registered zone; its range and VM live in the [`IoDevice`] around it.
+struct CoalescedZone;
+
+/// Whether a `len`-byte access at `addr` lies wholly inside `zone`.
+fn in_range(zone: &IoRange, addr: u64, len: i32) -> bool {
+    zone_contains(zone.addr, zone.size, addr, len)
+}
+
+/// The `pio` value of ring entries and zones on `bus`.
+fn pio_flag(bus: Bus) -> u32 {
+    match bus {
+        Bus::Mmio => 0,
+        Bus::Pio => 1,
+    }
+}
+
+#[vtable]
+impl IoDeviceOps for CoalescedZone {
+    /// Appends the write to the ring instead of exiting to userspace. `EOPNOTSUPP` makes it an
+    /// ordinary MMIO or PIO exit: when it is not wholly inside the zone, when the ring is full,
+    /// or when userspace has corrupted `last`.
+    fn write(dev: &IoDevice<Self>, addr: u64, data: &[u8]) -> Result {
+        let zone = dev.range();
+        // KVM never passes more than 8 bytes, so the length always fits an int.
+        let len = i32::try_from(data.len()).map_err(|_| EOPNOTSUPP)?;
+        if !in_range(zone, addr, len) {
+            return Err(EOPNOTSUPP);
+        }
+
+        let mut ring = dev.vm().lock_coalesced_ring();
+        // Each index is read once: userspace may rewrite both at any time, and only the
+        // checked snapshot of `last` is used as an index (CVE-2019-14821).
+        let last = ring.last();
+        let Some(insert) = next_insert(ring.first(), last, RING_ENTRIES) else {
+            return Err(EOPNOTSUPP);
+        };
+
+        // Copy the data in the first free entry of the ring, then move `last`; publishing
+        // issues smp_wmb() first, so the VMM never sees `last` ahead of the entry.
+        ring.fill(insert.slot, addr, data, pio_flag(zone.bus))
+            .map_err(|_| EOPNOTSUPP)?;
+        ring.publish_last(insert.next_last);
+        Ok(())
+    }
+}
+
+/// The bus a zone goes on: its `pio` field must be 0 (MMIO) or 1 (PIO).
+fn zone_bus(zone: &Zone) -> Result<Bus> {
+    match zone.pio {
+        0 => Ok(Bus::Mmio),
+        1 => Ok(Bus::Pio),
+        _ => Err(EINVAL),
+    }
+}
+
+/// Sets up a new VM's ring page, ring lock and zone list.
+///
+/// # Safety
+///
+/// `kvm` must point to a VM that `kvm_create_vm()` is creating and no other thread can reach
+/// yet; called once for it.
+#[no_mangle]
+pub unsafe extern "C" fn kvm_coalesced_mmio_init(kvm: *mut bindings::kvm) -> c_int {
+    // We're using this spinlock to sync access to the coalesced ring. The list doesn't need its
+    // own lock since device registration and unregistration only happen under slots_lock.
+    //
+    // SAFETY: the caller guarantees a VM under construction, seen by no one else, and calls
+    // this once for it.
+    let ret = unsafe { coalesced::init_vm(kvm, c_str!("&kvm->ring_lock"), static_lock_class!()) };
+    from_result(|| ret.map(|()| 0))
+}
+
+/// Frees a VM's ring page.
+///
+/// # Safety
+///
+/// `kvm` must point to a VM that is being destroyed, whose buses (and so all its zones) are
+/// gone; called once for it.
+#[no_mangle]
+pub unsafe extern "C" fn kvm_coalesced_mmio_free(kvm: *mut bindings::kvm) {
+    // SAFETY: the caller guarantees a VM being torn down, whose ring no one uses any more.
+    unsafe { coalesced::free_vm(kvm) }
+}
+
+/// `KVM_REGISTER_COALESCED_MMIO`: starts coalescing writes to `zone`.
+///
+/// # Safety
+///
+/// `kvm` must point to a live VM and `zone` to a zone readable for the whole call, as
+/// `kvm_vm_ioctl()` passes them.
+#[no_mangle]
+pub unsafe extern "C" fn kvm_vm_ioctl_register_coalesced_mmio(
+    kvm: *mut bindings::kvm,
+    zone: *mut bindings::kvm_coalesced_mmio_zone,
+) -> c_int {
+    // SAFETY: the caller guarantees a live VM and a readable zone.
+    let (vm, zone) = unsafe { (Vm::from_raw(kvm), Zone::read_raw(zone)) };
+    from_result(|| register_zone(vm, zone).map(|()| 0))
+}
+
+fn register_zone(vm: &Vm, zone: Zone) -> Result {
+    let bus = zone_bus(&zone)?;
+    let range = IoRange {
+        bus,
+        addr: zone.addr,
+        size: zone.size,
+    };
+    let dev = IoDevice::new(vm, range, CoalescedZone)?;
+    vm.lock_slots().register_coalesced_zone(dev)
+}
+
+/// `KVM_UNREGISTER_COALESCED_MMIO`: stops coalescing every zone of the same kind (MMIO or PIO)
+/// that contains the requested range.
+///
+/// # Safety
+///
+/// As for [`kvm_vm_ioctl_register_coalesced_mmio`].
+#[no_mangle]
+pub unsafe extern "C" fn kvm_vm_ioctl_unregister_coalesced_mmio(
+    kvm: *mut bindings::kvm,
+    zone: *mut bindings::kvm_coalesced_mmio_zone,
+) -> c_int {
+    // SAFETY: the caller guarantees a live VM and a readable zone.
+    let (vm, zone) = unsafe { (Vm::from_raw(kvm), Zone::read_raw(zone)) };
+    from_result(|| unregister_zones(vm, zone).map(|()| 0))
+}
+
+fn unregister_zones(vm: &Vm, request: Zone) -> Result {
+    let bus = zone_bus(&request)?;
+    // The C passes the u32 size where an int is expected: 2^31 and above turn negative and
+    // match no zone.
+    let len = request.size as i32;
+    vm.lock_slots()
+        .unregister_coalesced_zones(|zone| zone.bus == bus && in_range(zone, request.addr, len));
+    // Ignore the result of kvm_io_bus_unregister_dev(): from userspace's perspective, the
+    // coalesced MMIO is most definitely unregistered.
+    Ok(())
+}
