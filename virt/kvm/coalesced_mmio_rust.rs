@@ -137,7 +137,7 @@ fn register_zone(vm: &Vm, zone: Zone) -> Result {
         addr: zone.addr,
         size: zone.size,
     };
-    let dev = IoDevice::new(vm, range, CoalescedZone)?;
+    let dev = IoDevice::alloc(vm, range, CoalescedZone)?;
     vm.lock_slots().register_coalesced_zone(dev)
 }
 

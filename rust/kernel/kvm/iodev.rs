@@ -94,7 +94,7 @@ impl<T: IoDeviceOps> IoDevice<T> {
     ///
     /// It does nothing until it is registered on its bus (see [`super::SlotsGuard`]).
     #[inline]
-    pub fn new(vm: &Vm, range: IoRange, data: T) -> Result<NewIoDevice<'_, T>> {
+    pub fn alloc(vm: &Vm, range: IoRange, data: T) -> Result<NewIoDevice<'_, T>> {
         // INVARIANT: `vm` is the device's VM, and the ops table is the one built for `T`.
         let dev = KBox::new(
             IoDevice {
