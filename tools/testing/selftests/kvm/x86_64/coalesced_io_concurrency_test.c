@@ -1,0 +1,210 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * Coalesced MMIO/PIO under concurrency: several vCPUs write to coalesced MMIO and PIO zones at once
+ * while a drainer thread consumes the shared ring the way a VMM does, and, in a second phase,
+ * while another thread unregisters and re-registers the zones. Every write must reach userspace
+ * exactly once, either as a ring entry or as an ordinary exit, in each vCPU's program order, and
+ * no entry may be torn (its data must match its address).
+ *
+ * Ordering rule, as in QEMU: before handling an exit, the VMM drains the ring, so everything a
+ * vCPU coalesced before the exiting write is seen before it.
+ */
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <unistd.h>
+
+#include <linux/sizes.h>
+
+#include <kvm_util.h>
+#include <processor.h>
+
+#include "ucall_common.h"
+
+#define NR_VCPUS	4
+#define WRITES		4000		/* per vCPU and per kind (MMIO, PIO) */
+#define MMIO_GPA	(4ull * SZ_1G)
+#define PIO_BASE	0x80		/* vCPU i writes port PIO_BASE + 4 * i */
+#define UCALL_PORT	0x1000
+
+static void guest_code(uint64_t id)
+{
+	uint64_t seq;
+
+	for (seq = 0; seq < WRITES; seq++) {
+		WRITE_ONCE(*(uint64_t *)(MMIO_GPA + 8 * id), id << 32 | seq);
+		outl(PIO_BASE + 4 * id, id << 24 | seq);
+	}
+	GUEST_DONE();
+}
+
+static struct kvm_vm *vm;
+static struct kvm_coalesced_mmio_ring *ring;
+static uint32_t ring_max;
+static pthread_mutex_t vmm_lock = PTHREAD_MUTEX_INITIALIZER;
+static uint64_t next_seq[NR_VCPUS][2];	/* [vcpu][pio]: the next write expected */
+static uint64_t from_ring, from_exits;
+static volatile bool stop_drainer, stop_toggler;
+
+/* Accounts for one write seen by the VMM; called with vmm_lock held. */
+static void record(bool pio, uint64_t addr, uint64_t val, uint32_t len)
+{
+	uint64_t id, seq;
+
+	if (pio) {
+		TEST_ASSERT(len == 4 && addr >= PIO_BASE && addr < PIO_BASE + 4 * NR_VCPUS &&
+			    !((addr - PIO_BASE) % 4), "unexpected PIO write 0x%lx len %u", addr, len);
+		id = (addr - PIO_BASE) / 4;
+		TEST_ASSERT(val >> 24 == id, "torn PIO entry: port 0x%lx data 0x%lx", addr, val);
+		seq = val & 0xffffff;
+	} else {
+		TEST_ASSERT(len == 8 && addr >= MMIO_GPA && addr < MMIO_GPA + 8 * NR_VCPUS &&
+			    !((addr - MMIO_GPA) % 8), "unexpected MMIO write 0x%lx len %u", addr, len);
+		id = (addr - MMIO_GPA) / 8;
+		TEST_ASSERT(val >> 32 == id, "torn MMIO entry: addr 0x%lx data 0x%lx", addr, val);
+		seq = val & 0xffffffff;
+	}
+	TEST_ASSERT(seq == next_seq[id][pio],
+		    "vCPU %lu %s write %lu arrived when %lu was due (lost, duplicated or reordered)",
+		    id, pio ? "PIO" : "MMIO", seq, next_seq[id][pio]);
+	next_seq[id][pio]++;
+}
+
+/* Consumes every published entry, like a VMM; called with vmm_lock held. */
+static void drain_ring(void)
+{
+	uint32_t first = READ_ONCE(ring->first);
+
+	while (first != READ_ONCE(ring->last)) {
+		struct kvm_coalesced_mmio *e = &ring->coalesced_mmio[first];
+		uint64_t val = 0;
+
+		__sync_synchronize();	/* read the entry only after seeing `last` move */
+		memcpy(&val, e->data, e->len <= 8 ? e->len : 8);
+		record(e->pio, e->phys_addr, val, e->len);
+		from_ring++;
+		first = (first + 1) % ring_max;
+		__sync_synchronize();	/* done with the entry before handing it back */
+		WRITE_ONCE(ring->first, first);
+	}
+}
+
+static void *drainer(void *arg)
+{
+	while (!stop_drainer) {
+		pthread_mutex_lock(&vmm_lock);
+		drain_ring();
+		pthread_mutex_unlock(&vmm_lock);
+		sched_yield();
+	}
+	return NULL;
+}
+
+static void *toggler(void *arg)
+{
+	while (!stop_toggler) {
+		kvm_vm_unregister_coalesced_io(vm, MMIO_GPA, 8 * NR_VCPUS, false);
+		kvm_vm_unregister_coalesced_io(vm, PIO_BASE, 4 * NR_VCPUS, true);
+		usleep(200);
+		kvm_vm_register_coalesced_io(vm, MMIO_GPA, 8 * NR_VCPUS, false);
+		kvm_vm_register_coalesced_io(vm, PIO_BASE, 4 * NR_VCPUS, true);
+		usleep(1000);
+	}
+	return NULL;
+}
+
+static void *vcpu_thread(void *arg)
+{
+	struct kvm_vcpu *vcpu = arg;
+	struct kvm_run *run = vcpu->run;
+	struct ucall uc;
+
+	for (;;) {
+		vcpu_run(vcpu);
+		if (run->exit_reason == KVM_EXIT_IO && run->io.port == UCALL_PORT) {
+			switch (get_ucall(vcpu, &uc)) {
+			case UCALL_DONE:
+				return NULL;
+			case UCALL_ABORT:
+				REPORT_GUEST_ASSERT(uc);
+			default:
+				TEST_FAIL("unexpected ucall %lu", uc.cmd);
+			}
+		}
+		pthread_mutex_lock(&vmm_lock);
+		drain_ring();
+		if (run->exit_reason == KVM_EXIT_MMIO) {
+			uint64_t val = 0;
+
+			TEST_ASSERT(run->mmio.is_write, "MMIO read exit");
+			memcpy(&val, run->mmio.data, run->mmio.len <= 8 ? run->mmio.len : 8);
+			record(false, run->mmio.phys_addr, val, run->mmio.len);
+		} else {
+			TEST_ASSERT(run->exit_reason == KVM_EXIT_IO &&
+				    run->io.direction == KVM_EXIT_IO_OUT && run->io.count == 1,
+				    "unexpected exit %u", run->exit_reason);
+			record(true, run->io.port,
+			       *(uint32_t *)((void *)run + run->io.data_offset), run->io.size);
+		}
+		from_exits++;
+		pthread_mutex_unlock(&vmm_lock);
+	}
+}
+
+static void run_phase(const char *name, bool toggle)
+{
+	struct kvm_vcpu *vcpus[NR_VCPUS];
+	pthread_t threads[NR_VCPUS], drain_thread, toggle_thread;
+	int i, k;
+
+	vm = vm_create_with_vcpus(NR_VCPUS, guest_code, vcpus);
+	virt_map(vm, MMIO_GPA, MMIO_GPA, 1);
+	ring = (void *)vcpus[0]->run + kvm_check_cap(KVM_CAP_COALESCED_MMIO) * getpagesize();
+	ring_max = (getpagesize() - sizeof(*ring)) / sizeof(struct kvm_coalesced_mmio);
+	memset(next_seq, 0, sizeof(next_seq));
+	from_ring = from_exits = 0;
+	stop_drainer = stop_toggler = false;
+
+	kvm_vm_register_coalesced_io(vm, MMIO_GPA, 8 * NR_VCPUS, false);
+	kvm_vm_register_coalesced_io(vm, PIO_BASE, 4 * NR_VCPUS, true);
+	for (i = 0; i < NR_VCPUS; i++)
+		vcpu_args_set(vcpus[i], 1, (uint64_t)i);
+
+	pthread_create(&drain_thread, NULL, drainer, NULL);
+	if (toggle)
+		pthread_create(&toggle_thread, NULL, toggler, NULL);
+	for (i = 0; i < NR_VCPUS; i++)
+		pthread_create(&threads[i], NULL, vcpu_thread, vcpus[i]);
+	for (i = 0; i < NR_VCPUS; i++)
+		pthread_join(threads[i], NULL);
+	if (toggle) {
+		stop_toggler = true;
+		pthread_join(toggle_thread, NULL);
+	}
+	stop_drainer = true;
+	pthread_join(drain_thread, NULL);
+	pthread_mutex_lock(&vmm_lock);
+	drain_ring();
+	pthread_mutex_unlock(&vmm_lock);
+
+	for (i = 0; i < NR_VCPUS; i++)
+		for (k = 0; k < 2; k++)
+			TEST_ASSERT(next_seq[i][k] == WRITES, "vCPU %d %s: %lu of %d writes arrived",
+				    i, k ? "PIO" : "MMIO", next_seq[i][k], WRITES);
+	TEST_ASSERT(from_ring > 0, "%s: nothing was coalesced", name);
+	printf("%s: %d vCPUs x %d writes x 2 kinds: %lu from the ring, %lu as exits, all in order\n",
+	       name, NR_VCPUS, WRITES, from_ring, from_exits);
+	kvm_vm_free(vm);
+}
+
+int main(int argc, char *argv[])
+{
+	TEST_REQUIRE(kvm_has_cap(KVM_CAP_COALESCED_MMIO));
+	TEST_REQUIRE(kvm_has_cap(KVM_CAP_COALESCED_PIO));
+
+	run_phase("drainer", false);
+	run_phase("drainer + zones re-registered", true);
+	return 0;
+}
