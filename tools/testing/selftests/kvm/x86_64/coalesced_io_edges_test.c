@@ -7,6 +7,7 @@
  * which the harness checks in dmesg after the test.
  */
 #include <errno.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,6 +23,7 @@
 #define MMIO_GPA	(4ull * SZ_1G)	/* no memslot here: identity-mapped MMIO */
 #define PIO_PORT	0x80
 #define NR_IOBUS_DEVS	1000
+#define SCRIBBLED_WRITES 3000
 #define UCALL_PORT	0x1000	/* x86 ucalls are OUTs to this port (lib/x86_64/ucall.c) */
 
 /* One guest access, described by the host before each KVM_RUN. */
@@ -188,6 +190,58 @@ static void test_hostile_indices(struct ctx *c)
 	set_ring(c, 0, 0);
 }
 
+static struct ctx *scribble_ctx;
+static volatile bool stop_scribbling;
+
+/* Userspace may store anything into the indices at any moment: keep doing so. */
+static void *scribble_indices(void *arg)
+{
+	struct ctx *c = scribble_ctx;
+	const uint32_t pick[] = { 0, 1, c->max - 2, c->max - 1, c->max, c->max + 1, 1u << 31,
+				  UINT32_MAX - 1, UINT32_MAX };
+	uint32_t x = 12345;
+
+	while (!stop_scribbling) {
+		x = x * 1103515245 + 12345;
+		WRITE_ONCE(c->ring->last, x & 1 ? pick[(x >> 8) % ARRAY_SIZE(pick)] : (x >> 8) % c->max);
+		WRITE_ONCE(c->ring->first, x & 2 ? pick[(x >> 16) % ARRAY_SIZE(pick)] : (x >> 16) % c->max);
+	}
+	return NULL;
+}
+
+/*
+ * With the indices rewritten continuously by another thread, every write is either coalesced or
+ * exits with its own address and length, and KVM never writes past the ring's last entry.
+ */
+static void test_scribbled_indices(struct ctx *c)
+{
+	size_t ring_end = sizeof(struct kvm_coalesced_mmio_ring) +
+			  c->max * sizeof(struct kvm_coalesced_mmio);
+	int i, coalesced = 0, tail_ok = 1;
+	pthread_t thread;
+	size_t off;
+
+	TEST_ASSERT_EQ(reg(c, MMIO_GPA, 8, 0), 0);
+	TEST_ASSERT_EQ(reg(c, PIO_PORT, 4, 1), 0);
+	for (off = ring_end; off < getpagesize(); off++)
+		TEST_ASSERT(((uint8_t *)c->ring)[off] == 0, "ring tail byte %zu not zero", off);
+	scribble_ctx = c;
+	stop_scribbling = false;
+	pthread_create(&thread, NULL, scribble_indices, NULL);
+	for (i = 0; i < SCRIBBLED_WRITES; i++)
+		coalesced += i & 1 ? guest_write(c, 1, PIO_PORT, 4, i) : guest_write(c, 0, MMIO_GPA, 8, i);
+	stop_scribbling = true;
+	pthread_join(thread, NULL);
+	for (off = ring_end; off < getpagesize(); off++)
+		tail_ok &= ((uint8_t *)c->ring)[off] == 0;
+	TEST_ASSERT(tail_ok, "KVM wrote past the ring's last entry");
+	TEST_ASSERT_EQ(unreg(c, MMIO_GPA, 8, 0), 0);
+	TEST_ASSERT_EQ(unreg(c, PIO_PORT, 4, 1), 0);
+	set_ring(c, 0, 0);
+	printf("scribbled indices: %d writes, %d coalesced, %d exited, ring tail untouched\n",
+	       SCRIBBLED_WRITES, coalesced, SCRIBBLED_WRITES - coalesced);
+}
+
 /* Unregister removes exactly the zones of the same kind that contain the request. */
 static void test_unregister(struct ctx *c)
 {
@@ -306,6 +360,7 @@ int main(int argc, char *argv[])
 
 	c = new_ctx();
 	test_hostile_indices(&c);
+	test_scribbled_indices(&c);
 	test_unregister(&c);
 	test_straddle(&c);
 	test_register_edges(&c);
