@@ -1,11 +1,15 @@
 # One entry point. `make demo` and `make check` do all their own set-up (as root on Debian 12).
-.PHONY: demo check selftests-full setup kernel selftests host-test lint patches clean-build clean-cache
+.PHONY: demo check check-debug selftests-full setup kernel selftests host-test lint patches clean-build clean-cache
 
 demo:
 	@scripts/demo
 
 check:
 	@scripts/check
+
+# The same tests on a KASAN + lockdep + kmemleak + UBSAN kernel built in its own directory.
+check-debug:
+	@KVMRS_FLAVOUR=debug scripts/check
 
 selftests-full:
 	@scripts/selftests-full

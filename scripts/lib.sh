@@ -11,6 +11,12 @@ export CARGO_HOME=${CARGO_HOME:-$HOME/.cargo}
 export PATH="$CARGO_HOME/bin:$PATH"
 export CCACHE_DIR=$CACHE/ccache
 
+# The kernel flavour: "guest" (default) or "debug" (KASAN, lockdep, kmemleak, UBSAN; make check-debug).
+FLAVOUR=${KVMRS_FLAVOUR:-guest}
+export CURRENT_BUILD
+case "$FLAVOUR" in guest) CURRENT_BUILD=$CACHE/current-build ;; debug) CURRENT_BUILD=$CACHE/current-build-debug ;;
+*) echo "error: KVMRS_FLAVOUR must be guest or debug" >&2; exit 1 ;; esac
+
 T0=${T0:-$(date +%s)}
 export T0
 
