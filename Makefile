@@ -1,5 +1,5 @@
 # One entry point. `make demo` and `make check` do all their own set-up (as root on Debian 12).
-.PHONY: demo check check-debug selftests-full setup kernel selftests host-test lint patches clean-build clean-cache
+.PHONY: demo check check-debug fuzz selftests-full setup kernel selftests host-test lint patches clean-build clean-cache
 
 demo:
 	@scripts/demo
@@ -10,6 +10,10 @@ check:
 # The same tests on a KASAN + lockdep + kmemleak + UBSAN kernel built in its own directory.
 check-debug:
 	@KVMRS_FLAVOUR=debug scripts/check
+
+# The differential fuzzer, C against Rust: FUZZ_SEED (default random), FUZZ_OPS, FUZZ_RUNS.
+fuzz:
+	@scripts/fuzz
 
 selftests-full:
 	@scripts/selftests-full
