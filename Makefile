@@ -1,8 +1,14 @@
 # One entry point. `make demo` and `make check` do all their own set-up (as root on Debian 12).
-.PHONY: demo check check-debug fuzz selftests-full setup kernel selftests host-test lint patches clean-build clean-cache
+.PHONY: demo bench check check-debug fuzz selftests-full setup kernel selftests host-test lint patches clean-build clean-cache
 
+# perf kvm stat on RTC port 0x70: no coalescing, stock C kvm.ko, Rust kvm.ko, in one boot.
 demo:
 	@scripts/demo
+
+# The same with more runs and iterations; appends the results to bench/history.jsonl.
+bench:
+	@DEMO_RUNS=$${DEMO_RUNS:-15} DEMO_ITERATIONS=$${DEMO_ITERATIONS:-5000} DEMO_OUT=out/bench \
+		DEMO_HISTORY=bench/history.jsonl scripts/demo
 
 check:
 	@scripts/check

@@ -19,6 +19,8 @@ import tempfile
 
 # Top-level directories of the repository that mirror kernel paths.
 OVERLAY_ROOTS = ("virt", "rust", "Documentation", "tools", "include", "arch")
+# Our own programs under those roots that are not kernel files.
+NOT_KERNEL = ("tools/rtc-vmm/",)
 MANIFEST = ".kvmrs-overlay-manifest"
 
 
@@ -27,7 +29,8 @@ def tracked_files(repo: pathlib.Path) -> list[str]:
     out = subprocess.run(
         ["git", "-C", str(repo), "ls-files", "--cached", "--others", "--exclude-standard", "-z", "--", *OVERLAY_ROOTS],
         check=True, capture_output=True).stdout.decode()
-    return sorted({f for f in out.split("\0") if f and (repo / f).is_file()})
+    return sorted({f for f in out.split("\0")
+                   if f and (repo / f).is_file() and not f.startswith(NOT_KERNEL)})
 
 
 def patch_targets(patch: pathlib.Path) -> set[str]:

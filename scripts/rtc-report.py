@@ -1,0 +1,148 @@
+#!/usr/bin/env python3
+"""Summarise a `make demo` / `make bench` guest log: the perf kvm stat rows for ports 0x70 and
+0x71, one table over the runs, a PNG plot of the 0x70 exit times, and a JSON record.
+
+    rtc-report.py LOG OUTDIR [--title TEXT] [--history FILE] [--meta JSON]
+
+LOG holds the guest's @@RTC / @@PERF / @@RTC-FAIL lines (scripts/guest/rtc-demo). Exits 1 when a
+run failed, a clock read was wrong, or a coalesced run made a 0x70 userspace exit.
+"""
+import argparse
+import json
+import re
+import statistics
+import sys
+import textwrap
+from pathlib import Path
+
+# perf kvm stat report --event=ioport, 6.1:
+#   0x70:POUT   70000   50.00%   40.00%   1.23us   456.78us   4.56us ( +-   0.12% )
+PERF_ROW = re.compile(
+    r"(?P<port>0x[0-9a-f]+):(?P<dir>PIN|POUT)\s+(?P<samples>\d+)\s+(?P<samples_pct>[\d.]+)%\s+"
+    r"(?P<time_pct>[\d.]+)%\s+(?P<min>[\d.]+)us\s+(?P<max>[\d.]+)us\s+(?P<avg>[\d.]+)us"
+)
+LABELS = {"none": "no coalescing (C kvm.ko)", "c": "coalesced PIO, C kvm.ko",
+          "rust": "coalesced PIO, Rust kvm.ko"}
+
+
+def parse(log):
+    runs, perf, failures = {}, {}, []
+    for line in Path(log).read_text(errors="replace").splitlines():
+        parts = line.split(" ", 3)
+        if parts[0] == "@@RTC" and len(parts) == 4:
+            runs.setdefault(parts[1], {})[int(parts[2])] = json.loads(parts[3])
+        elif parts[0] == "@@PERF" and len(parts) == 4:
+            m = PERF_ROW.search(parts[3])
+            if m:
+                row = {k: (v if k in ("port", "dir") else float(v)) for k, v in m.groupdict().items()}
+                perf.setdefault(parts[1], {}).setdefault(int(parts[2]), {})[
+                    f"{row['port']}:{row['dir']}"] = row
+        elif parts[0] == "@@RTC-FAIL":
+            failures.append(line)
+    return runs, perf, failures
+
+
+def spread(values):
+    return f"{min(values):.2f}-{max(values):.2f}" if values else "-"
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("log")
+    ap.add_argument("outdir")
+    ap.add_argument("--title", default="")
+    ap.add_argument("--history")
+    ap.add_argument("--meta", default="{}", help="JSON object merged into the record")
+    args = ap.parse_args()
+    out = Path(args.outdir)
+    out.mkdir(parents=True, exist_ok=True)
+    runs, perf, failures = parse(args.log)
+    ok = not failures
+    for f in failures:
+        print(f"FAIL: {f}")
+
+    labels = [label for label in ("none", "c", "rust") if label in runs] + \
+        sorted(set(runs) - {"none", "c", "rust"})
+    # perf rows per configuration and run, as perf printed them.
+    lines = []
+    for label in labels:
+        for run in sorted(perf.get(label, {})):
+            for key in ("0x70:POUT", "0x71:PIN", "0x71:POUT"):
+                r = perf[label][run].get(key)
+                if r:
+                    lines.append(f"{label:5} run {run}  {key:10} {int(r['samples']):8} samples  "
+                                 f"min {r['min']:8.2f}us  max {r['max']:9.2f}us  "
+                                 f"avg {r['avg']:7.2f}us")
+    summary = {}
+    for label in labels:
+        rs = runs[label]
+        avgs = [perf.get(label, {}).get(run, {}).get("0x70:POUT", {}).get("avg") for run in rs]
+        avgs = [a for a in avgs if a is not None]
+        vm_exits_70 = [perf.get(label, {}).get(run, {}).get("0x70:POUT", {}).get("samples", 0)
+                       for run in rs]
+        summary[label] = {
+            "runs": len(rs),
+            "userspace_exits": statistics.median(r["userspace_exits"] for r in rs.values()),
+            "userspace_0x70_exits": max(r["index_exits"] for r in rs.values()),
+            "replayed": statistics.median(r["replayed"] for r in rs.values()),
+            "vm_exits_0x70": statistics.median(vm_exits_70),
+            "avg_0x70_us": avgs,
+            "median_avg_0x70_us": statistics.median(avgs) if avgs else None,
+            "clock_reads_ok": all(r.get("clock_reads_ok") for r in rs.values()),
+        }
+        if not summary[label]["clock_reads_ok"]:
+            ok = False
+            print(f"FAIL: {label}: a clock read was wrong")
+        if label != "none" and summary[label]["userspace_0x70_exits"]:
+            ok = False
+            print(f"FAIL: {label}: coalesced runs still exited to userspace for port 0x70")
+
+    base = summary.get("none", {}).get("median_avg_0x70_us")
+    c_med = summary.get("c", {}).get("median_avg_0x70_us")
+    table = [f"{'variant':28} {'userspace':>10} {'0x70 to':>8} {'0x70 VM':>8} "
+             f"{'0x70 avg exit, us':>18} {'spread':>12} {'none/this':>9} {'Rust/C':>7}",
+             f"{'':28} {'exits':>10} {'user':>8} {'exits':>8} {'(median of runs)':>18} "
+             f"{'(min-max)':>12}"]
+    for label in labels:
+        s = summary[label]
+        med = s["median_avg_0x70_us"]
+        ratio = f"{base / med:.2f}x" if base and med else "-"
+        rust_c = f"{med / c_med:.3f}" if label == "rust" and med and c_med else ""
+        table.append(f"{LABELS.get(label, label):28} {s['userspace_exits']:>10.0f} "
+                     f"{s['userspace_0x70_exits']:>8} {s['vm_exits_0x70']:>8.0f} "
+                     f"{(f'{med:.2f}' if med else '-'):>18} {spread(s['avg_0x70_us']):>12} "
+                     f"{ratio:>9} {rust_c:>7}")
+    text = "\n".join([args.title, "", "perf kvm stat report --event=ioport, ports 0x70 and 0x71:",
+                      *lines, "", *table, ""])
+    print(text)
+    (out / "summary.txt").write_text(text)
+    record = {**json.loads(args.meta), "title": args.title, "ok": ok, "summary": summary}
+    (out / "results.json").write_text(json.dumps(record, indent=1) + "\n")
+    if args.history:
+        with open(args.history, "a") as h:
+            h.write(json.dumps(record) + "\n")
+
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("FAIL: python3-matplotlib is missing; no plot written")
+        return 1
+    fig, ax = plt.subplots(figsize=(7, 4))
+    data = [summary[label]["avg_0x70_us"] for label in labels]
+    ax.boxplot(data, labels=[LABELS.get(label, label) for label in labels])
+    for i, values in enumerate(data, start=1):
+        ax.scatter([i] * len(values), values, s=14, alpha=0.7)
+    ax.set_ylabel("average 0x70:POUT exit time per run (us)")
+    ax.set_ylim(bottom=0)
+    ax.set_title("\n".join(textwrap.wrap(args.title, 90)), fontsize=8)
+    ax.tick_params(axis="x", labelsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "rtc-0x70.png", dpi=120)
+    print(f"files: {out / 'summary.txt'}, {out / 'results.json'}, {out / 'rtc-0x70.png'}")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
