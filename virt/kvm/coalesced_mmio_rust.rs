@@ -51,6 +51,7 @@ impl IoDeviceOps for CoalescedZone {
     /// Appends the write to the ring instead of exiting to userspace. `EOPNOTSUPP` makes it an
     /// ordinary MMIO or PIO exit: when it is not wholly inside the zone, when the ring is full,
     /// or when userspace has corrupted `last`.
+    #[inline]
     fn write(dev: &IoDevice<Self>, addr: u64, data: &[u8]) -> Result {
         let zone = dev.range();
         // KVM never passes more than 8 bytes, so the length always fits an int.
