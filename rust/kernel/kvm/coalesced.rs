@@ -213,11 +213,33 @@ impl RingGuard<'_> {
     /// entry before it; the VMM pairs it with a read barrier after reading `last`.
     #[inline]
     pub fn publish_last(&mut self, last: u32) {
-        // SAFETY: `smp_wmb()` has no preconditions.
-        unsafe { bindings::smp_wmb() };
+        smp_wmb();
         // SAFETY: as in `first`, for a write.
         unsafe { addr_of_mut!((*self.ring).last).write_volatile(last) };
     }
+}
+
+/// `smp_wmb()`, inlined where C's is free: the write barrier between an entry and `last`.
+///
+/// On x86 without KCSAN, `asm/barrier.h` makes `smp_wmb()` a compiler barrier only (x86 does not
+/// reorder stores with other stores), so C emits no instruction for it. Linux 6.12 cannot inline
+/// a C helper into Rust, and calling `rust_helper_smp_wmb()`, an empty function, on every
+/// coalesced write is a cost C does not have; there the barrier is written as C's `barrier()`.
+/// Elsewhere the helper runs the architecture's real barrier.
+#[inline(always)]
+fn smp_wmb() {
+    #[cfg(all(CONFIG_X86, not(CONFIG_KCSAN)))]
+    // SAFETY: an empty asm block does nothing. Without `nomem` or `readonly` the compiler must
+    // assume it reads and writes any memory, so no memory access moves across it: C's
+    // `asm volatile("" ::: "memory")`.
+    unsafe {
+        core::arch::asm!("", options(nostack, preserves_flags))
+    };
+    #[cfg(not(all(CONFIG_X86, not(CONFIG_KCSAN))))]
+    // SAFETY: `smp_wmb()` has no preconditions.
+    unsafe {
+        bindings::smp_wmb()
+    };
 }
 
 impl Drop for RingGuard<'_> {
