@@ -8,6 +8,12 @@
  *
  * Ordering rule, as in QEMU: before handling an exit, the VMM drains the ring, so everything a
  * vCPU coalesced before the exiting write is seen before it.
+ *
+ * A third phase has no drainer: a thread keeps storing hostile values (MAX - 1, MAX, 2^31,
+ * 2^32 - 1, random ones) into the ring's first and last while the vCPUs write. Coalesced writes
+ * are then lost to a VMM that cannot trust the indices, but each vCPU's exits must still come in
+ * order without duplicates, every entry KVM wrote must be whole, and KVM must never write past
+ * the ring's last entry.
  */
 #include <pthread.h>
 #include <stdio.h>
@@ -46,10 +52,12 @@ static uint32_t ring_max;
 static pthread_mutex_t vmm_lock = PTHREAD_MUTEX_INITIALIZER;
 static uint64_t next_seq[NR_VCPUS][2];	/* [vcpu][pio]: the next write expected */
 static uint64_t from_ring, from_exits;
-static volatile bool stop_drainer, stop_toggler;
+static volatile bool stop_drainer, stop_toggler, stop_scribbler;
+static bool scribbling;		/* the third phase: coalesced writes are not drained */
 
-/* Accounts for one write seen by the VMM; called with vmm_lock held. */
-static void record(bool pio, uint64_t addr, uint64_t val, uint32_t len)
+/* Checks that a write is one of the guest's, whole; returns its vCPU and sequence number. */
+static void decode_write(bool pio, uint64_t addr, uint64_t val, uint32_t len, uint64_t *idp,
+			 uint64_t *seqp)
 {
 	uint64_t id, seq;
 
@@ -66,10 +74,24 @@ static void record(bool pio, uint64_t addr, uint64_t val, uint32_t len)
 		TEST_ASSERT(val >> 32 == id, "torn MMIO entry: addr 0x%lx data 0x%lx", addr, val);
 		seq = val & 0xffffffff;
 	}
-	TEST_ASSERT(seq == next_seq[id][pio],
+	TEST_ASSERT(seq < WRITES, "%s write with sequence number %lu", pio ? "PIO" : "MMIO", seq);
+	*idp = id;
+	*seqp = seq;
+}
+
+/*
+ * Accounts for one write seen by the VMM; called with vmm_lock held. While the indices are
+ * scribbled over, coalesced writes never reach the VMM: the exits must only keep their order.
+ */
+static void record(bool pio, uint64_t addr, uint64_t val, uint32_t len)
+{
+	uint64_t id, seq;
+
+	decode_write(pio, addr, val, len, &id, &seq);
+	TEST_ASSERT(seq == next_seq[id][pio] || (scribbling && seq > next_seq[id][pio]),
 		    "vCPU %lu %s write %lu arrived when %lu was due (lost, duplicated or reordered)",
 		    id, pio ? "PIO" : "MMIO", seq, next_seq[id][pio]);
-	next_seq[id][pio]++;
+	next_seq[id][pio] = seq + 1;
 }
 
 /* Consumes every published entry, like a VMM; called with vmm_lock held. */
@@ -115,6 +137,47 @@ static void *toggler(void *arg)
 	return NULL;
 }
 
+/* Userspace may store anything into the indices at any moment: keep doing so. */
+static void *scribbler(void *arg)
+{
+	const uint32_t pick[] = { 0, 1, ring_max - 2, ring_max - 1, ring_max, ring_max + 1,
+				  1u << 31, UINT32_MAX - 1, UINT32_MAX };
+	uint32_t x = 2026;
+
+	while (!stop_scribbler) {
+		x = x * 1103515245 + 12345;
+		WRITE_ONCE(ring->last, x & 1 ? pick[(x >> 8) % ARRAY_SIZE(pick)] : (x >> 8) % ring_max);
+		WRITE_ONCE(ring->first, x & 2 ? pick[(x >> 16) % ARRAY_SIZE(pick)] : (x >> 16) % ring_max);
+	}
+	return NULL;
+}
+
+/*
+ * After the scribbled phase: every entry KVM wrote is one of the guest's writes, whole, and the
+ * bytes after the last entry, which no index can reach, are still zero. Returns the entries.
+ */
+static uint32_t check_scribbled_ring(void)
+{
+	size_t ring_end = sizeof(*ring) + ring_max * sizeof(struct kvm_coalesced_mmio), off;
+	uint32_t i, written = 0;
+	uint64_t id, seq;
+
+	for (off = ring_end; off < getpagesize(); off++)
+		TEST_ASSERT(((uint8_t *)ring)[off] == 0, "KVM wrote past the ring's last entry, at "
+			    "byte %zu", off);
+	for (i = 0; i < ring_max; i++) {
+		struct kvm_coalesced_mmio *e = &ring->coalesced_mmio[i];
+		uint64_t val = 0;
+
+		if (!e->phys_addr && !e->len)
+			continue;	/* never written: the page starts zeroed */
+		memcpy(&val, e->data, e->len <= 8 ? e->len : 8);
+		decode_write(e->pio, e->phys_addr, val, e->len, &id, &seq);
+		written++;
+	}
+	return written;
+}
+
 static void *vcpu_thread(void *arg)
 {
 	struct kvm_vcpu *vcpu = arg;
@@ -134,7 +197,8 @@ static void *vcpu_thread(void *arg)
 			}
 		}
 		pthread_mutex_lock(&vmm_lock);
-		drain_ring();
+		if (!scribbling)
+			drain_ring();
 		if (run->exit_reason == KVM_EXIT_MMIO) {
 			uint64_t val = 0;
 
@@ -153,10 +217,14 @@ static void *vcpu_thread(void *arg)
 	}
 }
 
-static void run_phase(const char *name, bool toggle)
+enum phase { DRAIN, DRAIN_AND_TOGGLE, SCRIBBLE };
+
+static void run_phase(const char *name, enum phase phase)
 {
 	struct kvm_vcpu *vcpus[NR_VCPUS];
-	pthread_t threads[NR_VCPUS], drain_thread, toggle_thread;
+	pthread_t threads[NR_VCPUS], helper_thread, toggle_thread;
+	bool toggle = phase == DRAIN_AND_TOGGLE;
+	uint32_t entries;
 	int i, k;
 
 	vm = vm_create_with_vcpus(NR_VCPUS, guest_code, vcpus);
@@ -165,14 +233,15 @@ static void run_phase(const char *name, bool toggle)
 	ring_max = (getpagesize() - sizeof(*ring)) / sizeof(struct kvm_coalesced_mmio);
 	memset(next_seq, 0, sizeof(next_seq));
 	from_ring = from_exits = 0;
-	stop_drainer = stop_toggler = false;
+	stop_drainer = stop_toggler = stop_scribbler = false;
+	scribbling = phase == SCRIBBLE;
 
 	kvm_vm_register_coalesced_io(vm, MMIO_GPA, 8 * NR_VCPUS, false);
 	kvm_vm_register_coalesced_io(vm, PIO_BASE, 4 * NR_VCPUS, true);
 	for (i = 0; i < NR_VCPUS; i++)
 		vcpu_args_set(vcpus[i], 1, (uint64_t)i);
 
-	pthread_create(&drain_thread, NULL, drainer, NULL);
+	pthread_create(&helper_thread, NULL, scribbling ? scribbler : drainer, NULL);
 	if (toggle)
 		pthread_create(&toggle_thread, NULL, toggler, NULL);
 	for (i = 0; i < NR_VCPUS; i++)
@@ -183,8 +252,18 @@ static void run_phase(const char *name, bool toggle)
 		stop_toggler = true;
 		pthread_join(toggle_thread, NULL);
 	}
-	stop_drainer = true;
-	pthread_join(drain_thread, NULL);
+	stop_drainer = stop_scribbler = true;
+	pthread_join(helper_thread, NULL);
+
+	if (scribbling) {
+		entries = check_scribbled_ring();
+		printf("%s: %d vCPUs x %d writes x 2 kinds: %lu exited in order, %lu coalesced, "
+		       "%u whole entries in the ring, nothing written past it\n", name, NR_VCPUS,
+		       WRITES, from_exits, 2ul * NR_VCPUS * WRITES - from_exits, entries);
+		TEST_ASSERT(entries > 0, "%s: nothing was coalesced", name);
+		kvm_vm_free(vm);
+		return;
+	}
 	pthread_mutex_lock(&vmm_lock);
 	drain_ring();
 	pthread_mutex_unlock(&vmm_lock);
@@ -204,7 +283,8 @@ int main(int argc, char *argv[])
 	TEST_REQUIRE(kvm_has_cap(KVM_CAP_COALESCED_MMIO));
 	TEST_REQUIRE(kvm_has_cap(KVM_CAP_COALESCED_PIO));
 
-	run_phase("drainer", false);
-	run_phase("drainer + zones re-registered", true);
+	run_phase("drainer", DRAIN);
+	run_phase("drainer + zones re-registered", DRAIN_AND_TOGGLE);
+	run_phase("indices scribbled", SCRIBBLE);
 	return 0;
 }
