@@ -127,6 +127,7 @@ def main():
     record = {**json.loads(args.meta), "title": args.title, "ok": ok, "summary": summary}
     (out / "results.json").write_text(json.dumps(record, indent=1) + "\n")
     if args.history:
+        Path(args.history).parent.mkdir(parents=True, exist_ok=True)
         with open(args.history, "a") as h:
             h.write(json.dumps(record) + "\n")
 
