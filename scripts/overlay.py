@@ -8,6 +8,7 @@ removed if the base has no such file). Patches are applied to pristine copies ev
 is never applied twice and an edited patch takes effect on the next run.
 
 usage: overlay.py REPO PRISTINE WORK
+       overlay.py --list REPO      (print the overlay files, one per line: make-patches' list)
 """
 
 import os
@@ -86,6 +87,9 @@ def write_if_changed(path: pathlib.Path, data) -> bool:
 
 
 def main():
+    if sys.argv[1:2] == ["--list"]:
+        print("".join(f"{rel}\n" for rel in tracked_files(pathlib.Path(sys.argv[2]).resolve())), end="")
+        return
     repo, pristine, work = (pathlib.Path(a).resolve() for a in sys.argv[1:4])
     wanted = wanted_contents(repo, pristine)
     manifest = work / MANIFEST
