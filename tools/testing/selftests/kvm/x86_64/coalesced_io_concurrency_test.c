@@ -52,7 +52,7 @@ static uint32_t ring_max;
 static pthread_mutex_t vmm_lock = PTHREAD_MUTEX_INITIALIZER;
 static uint64_t next_seq[NR_VCPUS][2];	/* [vcpu][pio]: the next write expected */
 static uint64_t from_ring, from_exits;
-static volatile bool stop_drainer, stop_toggler, stop_scribbler;
+static volatile bool stop_helper, stop_toggler;	/* helper: the drainer or the scribbler */
 static bool scribbling;		/* the third phase: coalesced writes are not drained */
 
 /* Checks that a write is one of the guest's, whole; returns its vCPU and sequence number. */
@@ -115,7 +115,7 @@ static void drain_ring(void)
 
 static void *drainer(void *arg)
 {
-	while (!stop_drainer) {
+	while (!stop_helper) {
 		pthread_mutex_lock(&vmm_lock);
 		drain_ring();
 		pthread_mutex_unlock(&vmm_lock);
@@ -144,7 +144,7 @@ static void *scribbler(void *arg)
 				  1u << 31, UINT32_MAX - 1, UINT32_MAX };
 	uint32_t x = 2026;
 
-	while (!stop_scribbler) {
+	while (!stop_helper) {
 		x = x * 1103515245 + 12345;
 		WRITE_ONCE(ring->last, x & 1 ? pick[(x >> 8) % ARRAY_SIZE(pick)] : (x >> 8) % ring_max);
 		WRITE_ONCE(ring->first, x & 2 ? pick[(x >> 16) % ARRAY_SIZE(pick)] : (x >> 16) % ring_max);
@@ -233,7 +233,7 @@ static void run_phase(const char *name, enum phase phase)
 	ring_max = (getpagesize() - sizeof(*ring)) / sizeof(struct kvm_coalesced_mmio);
 	memset(next_seq, 0, sizeof(next_seq));
 	from_ring = from_exits = 0;
-	stop_drainer = stop_toggler = stop_scribbler = false;
+	stop_helper = stop_toggler = false;
 	scribbling = phase == SCRIBBLE;
 
 	kvm_vm_register_coalesced_io(vm, MMIO_GPA, 8 * NR_VCPUS, false);
@@ -252,7 +252,7 @@ static void run_phase(const char *name, enum phase phase)
 		stop_toggler = true;
 		pthread_join(toggle_thread, NULL);
 	}
-	stop_drainer = stop_scribbler = true;
+	stop_helper = true;
 	pthread_join(helper_thread, NULL);
 
 	if (scribbling) {
