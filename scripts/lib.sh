@@ -17,6 +17,20 @@ export CURRENT_BUILD
 case "$FLAVOUR" in guest) CURRENT_BUILD=$CACHE/current-build ;; debug) CURRENT_BUILD=$CACHE/current-build-debug ;;
 *) echo "error: KVMRS_FLAVOUR must be guest or debug" >&2; exit 1 ;; esac
 
+# The Debian sid build root (scripts/build-root): every kernel, module and selftest build runs in it,
+# with Debian's own rustc, rust-src, bindgen, clang and gcc. Its directory is keyed by the package
+# list; the versions it holds are recorded in $ROOT/kvmrs-versions and key the build directories.
+ROOT_SUITE=sid
+ROOT_PACKAGES=(linux-source-7.2 rustc rust-src bindgen libclang-dev clang-22 lld-22 llvm-22
+	gcc libc6-dev make flex bison bc libelf-dev libssl-dev kmod cpio python3 dwarves ccache
+	xz-utils perl rsync rustfmt rust-clippy)
+# shellcheck disable=SC2034 # used by the scripts that source this file
+ROOT=$CACHE/root/$(printf '%s\n' "$ROOT_SUITE" "${ROOT_PACKAGES[@]}" | sha256sum | cut -c1-12)
+# The clang/LLVM suffix of our guest kernel build: LLVM 22 is the LLVM of sid's rustc, which
+# CONFIG_RUST_INLINE_HELPERS (RUSTC_CLANG_LLVM_COMPATIBLE) requires.
+# shellcheck disable=SC2034
+LLVM_SUFFIX=-22
+
 T0=${T0:-$(date +%s)}
 export T0
 

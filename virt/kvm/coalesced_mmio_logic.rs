@@ -57,3 +57,144 @@ pub(crate) fn next_insert(first: u32, last: u32, max: u32) -> Option<Insert> {
         next_last,
     })
 }
+
+/// The edges of the range check and of the ring's slot and full test: run by `cargo test` on the
+/// host (`tests/host`, which adds properties against a transcription of the C) and by KUnit in
+/// the kernel when `kvm.ko` is loaded. KUnit's `assert!` takes no message, hence none here.
+#[cfg(any(test, CONFIG_KUNIT))]
+#[cfg_attr(CONFIG_KUNIT, kernel::prelude::kunit_tests(kvm_coalesced_mmio_logic))]
+mod tests {
+    use super::*;
+
+    /// `KVM_COALESCED_MMIO_MAX` with 4 KiB pages: (4096 - 8) / 24.
+    const MAX: u32 = 170;
+
+    #[test]
+    fn access_inside_zone() {
+        assert!(zone_contains(0x1000, 0x10, 0x1000, 8));
+        assert!(zone_contains(0x1000, 0x10, 0x1008, 8));
+        assert!(zone_contains(0x70, 1, 0x70, 1));
+    }
+
+    #[test]
+    fn access_crossing_either_end() {
+        assert!(!zone_contains(0x1000, 0x10, 0xfff, 2));
+        assert!(!zone_contains(0x1000, 0x10, 0x100c, 8));
+        assert!(!zone_contains(0x70, 1, 0x70, 2));
+    }
+
+    #[test]
+    fn negative_len_matches_nothing() {
+        assert!(!zone_contains(0, u32::MAX, 0, -1));
+        assert!(!zone_contains(0, u32::MAX, 0, i32::MIN));
+        // An unregister request of 2 GiB or more reaches the range check as a negative int.
+        assert!(!zone_contains(0, u32::MAX, 0, 0x8000_0000u32 as i32));
+        assert!(!zone_contains(0, u32::MAX, 0, u32::MAX as i32));
+    }
+
+    #[test]
+    fn access_wrapping_u64_is_refused() {
+        assert!(!zone_contains(0, u32::MAX, u64::MAX, 1));
+        assert!(!zone_contains(u64::MAX - 3, 4, u64::MAX - 3, 8));
+        // The very last bytes of the address space, ending exactly at 2^64, wrap to 0: refused.
+        assert!(!zone_contains(u64::MAX - 7, 8, u64::MAX - 7, 8));
+    }
+
+    #[test]
+    fn zone_wrapping_u64_contains_nothing() {
+        // zone.addr + zone.size wraps to a small value: C compares against that wrapped end.
+        for addr in [u64::MAX - 15, u64::MAX - 8, u64::MAX - 1, 0, 1, 2] {
+            for len in 0..=8 {
+                assert!(!zone_contains(u64::MAX - 15, 32, addr, len));
+            }
+        }
+    }
+
+    #[test]
+    fn size_zero_zone_holds_only_empty_access_at_its_address() {
+        assert!(zone_contains(0x1000, 0, 0x1000, 0));
+        assert!(!zone_contains(0x1000, 0, 0x1000, 1));
+        assert!(!zone_contains(0x1000, 0, 0xfff, 1));
+    }
+
+    #[test]
+    fn zone_up_to_top_of_address_space() {
+        // Largest size whose end does not wrap: [2^64 - 2^32 + 1, 2^64 - 1].
+        let addr = u64::MAX - u64::from(u32::MAX);
+        assert!(zone_contains(addr, u32::MAX, u64::MAX - 8, 8));
+        assert!(!zone_contains(addr, u32::MAX, u64::MAX - 7, 8));
+    }
+
+    #[test]
+    fn empty_ring_takes_entry_zero() {
+        let insert = Insert {
+            slot: 0,
+            next_last: 1,
+        };
+        assert_eq!(next_insert(0, 0, MAX), Some(insert));
+    }
+
+    #[test]
+    fn last_entry_wraps_to_zero() {
+        let insert = Insert {
+            slot: MAX - 1,
+            next_last: 0,
+        };
+        assert_eq!(next_insert(5, MAX - 1, MAX), Some(insert));
+    }
+
+    #[test]
+    fn one_slot_always_stays_empty() {
+        // 169 entries written from first = 0: last = 169, and the 170th write is refused.
+        assert_eq!(next_insert(0, MAX - 1, MAX), None);
+        assert_eq!(next_insert(10, 9, MAX), None);
+        assert!(next_insert(10, 8, MAX).is_some());
+    }
+
+    #[test]
+    fn corrupt_last_is_never_an_index() {
+        for last in [MAX, MAX + 1, 1 << 31, u32::MAX - 1, u32::MAX] {
+            for first in [0, 1, MAX - 1, MAX, u32::MAX] {
+                assert_eq!(next_insert(first, last, MAX), None);
+            }
+        }
+    }
+
+    #[test]
+    fn corrupt_first_is_only_compared() {
+        for first in [MAX, MAX + 1, 1 << 31, u32::MAX] {
+            for last in [0, 1, MAX - 2, MAX - 1] {
+                let insert = next_insert(first, last, MAX);
+                assert!(insert.is_some());
+                assert!(insert.is_some_and(|i| i.slot == last && i.next_last < MAX));
+            }
+        }
+    }
+
+    #[test]
+    fn every_start_index_fills_169_entries() {
+        // The upstream selftest's loop: for each ring start, 169 writes fit and the 170th exits.
+        for start in 0..MAX {
+            let (first, mut last) = (start, start);
+            for _ in 0..MAX - 1 {
+                let insert = next_insert(first, last, MAX);
+                assert!(insert.is_some_and(|i| i.slot == last));
+                last = insert.map_or(last, |i| i.next_last);
+            }
+            assert_eq!(next_insert(first, last, MAX), None);
+        }
+    }
+
+    #[test]
+    fn the_6_11_full_test_was_wrong_and_ours_is_not() {
+        // 2^32 mod 170 = 86, so the pre-6.12 test `(first - last - 1) % MAX == 0` in u32 called
+        // a ring with first = 0 and last = 85 (85 used, 84 free) full.
+        let (first, last) = (0u32, 85u32);
+        assert_eq!(first.wrapping_sub(last).wrapping_sub(1) % MAX, 0);
+        let insert = Insert {
+            slot: 85,
+            next_last: 86,
+        };
+        assert_eq!(next_insert(first, last, MAX), Some(insert));
+    }
+}

@@ -10,24 +10,26 @@
 //! `kvm_main.c` calls the four functions declared in `coalesced_mmio.h`; they are the only
 //! `unsafe` code here. Locking, as in C: `kvm->slots_lock` guards the zone list and the buses,
 //! `kvm->ring_lock` serialises the vCPUs that append to the ring.
+//!
+//! The abstractions over `struct kvm` and its buses live beside this file, in `rust/`, and
+//! are compiled into `kvm.ko` with it.
 
 mod coalesced_mmio_logic;
+#[path = "rust/mod.rs"]
+mod kvm;
 
 use coalesced_mmio_logic::{next_insert, zone_contains};
 use kernel::{
-    bindings, c_str,
-    error::{
-        code::{EINVAL, EOPNOTSUPP},
-        from_result,
-    },
+    error::{code::EOPNOTSUPP, from_result},
     ffi::c_int,
-    kvm::{
-        coalesced::{self, Zone, RING_ENTRIES},
-        iodev::{IoDevice, IoDeviceOps, IoRange},
-        Bus, Vm,
-    },
     prelude::*,
     static_lock_class,
+};
+use kvm::{
+    bindings,
+    coalesced::{self, Zone, RING_ENTRIES},
+    iodev::{IoDevice, IoDeviceOps, IoRange},
+    Bus, Vm,
 };
 
 /// The device behind a registered zone; its range and VM live in the [`IoDevice`] around it.
@@ -51,7 +53,6 @@ impl IoDeviceOps for CoalescedZone {
     /// Appends the write to the ring instead of exiting to userspace. `EOPNOTSUPP` makes it an
     /// ordinary MMIO or PIO exit: when it is not wholly inside the zone, when the ring is full,
     /// or when userspace has corrupted `last`.
-    #[inline]
     fn write(dev: &IoDevice<Self>, addr: u64, data: &[u8]) -> Result {
         let zone = dev.range();
         // KVM never passes more than 8 bytes, so the length always fits an int.
@@ -99,7 +100,7 @@ pub unsafe extern "C" fn kvm_coalesced_mmio_init(kvm: *mut bindings::kvm) -> c_i
     //
     // SAFETY: the caller guarantees a VM under construction, seen by no one else, and calls
     // this once for it.
-    let ret = unsafe { coalesced::init_vm(kvm, c_str!("&kvm->ring_lock"), static_lock_class!()) };
+    let ret = unsafe { coalesced::init_vm(kvm, c"&kvm->ring_lock", static_lock_class!()) };
     from_result(|| ret.map(|()| 0))
 }
 
@@ -138,7 +139,7 @@ fn register_zone(vm: &Vm, zone: Zone) -> Result {
         addr: zone.addr,
         size: zone.size,
     };
-    let dev = IoDevice::alloc(vm, range, CoalescedZone)?;
+    let dev = IoDevice::<CoalescedZone>::alloc(vm, range)?;
     vm.lock_slots().register_coalesced_zone(dev)
 }
 

@@ -4,19 +4,26 @@
 //!
 //! C header: [`include/linux/kvm_host.h`](srctree/include/linux/kvm_host.h)
 //!
-//! KVM is normally a module (`kvm.ko`) while this crate is built into vmlinux. Every function here
-//! that reaches a symbol of `kvm.ko` is therefore `#[inline]` or generic, so that it is
-//! instantiated only in the KVM object that calls it and vmlinux never refers to KVM's symbols.
+//! These abstractions are compiled into `kvm.ko`, not into the kernel crate: KVM is a module,
+//! and a `kvm.ko` built out of tree for a distribution's kernel finds a kernel crate that knows
+//! nothing of KVM. Keeping them here lets the same sources serve both builds, and means nothing
+//! in vmlinux refers to a symbol of `kvm.ko`. See `Documentation/virt/kvm/coalesced-mmio-rust.rst`.
 
-pub mod coalesced;
-pub mod iodev;
+pub(crate) mod coalesced;
+pub(crate) mod iodev;
 
-use crate::{bindings, types::Opaque};
-use core::{marker::PhantomData, ptr::addr_of_mut};
+/// The C declarations this module uses: the kernel crate's bindings, which our patch extends with
+/// `<linux/kvm_host.h>` and `<kvm/iodev.h>`.
+pub(crate) use kernel::bindings;
+
+use kernel::{
+    sync::{Mutex, MutexGuard},
+    types::Opaque,
+};
 
 /// One of KVM's I/O buses, on which in-kernel devices claim guest accesses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Bus {
+pub(crate) enum Bus {
     /// Memory-mapped I/O (`KVM_MMIO_BUS`).
     Mmio,
     /// x86 I/O ports (`KVM_PIO_BUS`).
@@ -24,7 +31,6 @@ pub enum Bus {
 }
 
 impl Bus {
-    #[inline]
     fn as_raw(self) -> bindings::kvm_bus {
         match self {
             Bus::Mmio => bindings::kvm_bus_KVM_MMIO_BUS,
@@ -38,10 +44,9 @@ impl Bus {
 /// # Invariants
 ///
 /// A `&Vm` refers to a `struct kvm` that `kvm_create_vm()` has finished initialising (its locks,
-/// buses and, with `CONFIG_KVM_MMIO`, its coalesced ring page exist) and that is not destroyed
-/// while the reference lives.
+/// buses and coalesced ring page exist) and that is not destroyed while the reference lives.
 #[repr(transparent)]
-pub struct Vm(Opaque<bindings::kvm>);
+pub(crate) struct Vm(Opaque<bindings::kvm>);
 
 // SAFETY: KVM uses a `struct kvm` from many threads at once (every vCPU and every VM ioctl); the
 // state this abstraction touches is guarded by the VM's own locks or accessed atomically.
@@ -57,58 +62,40 @@ impl Vm {
     ///
     /// `ptr` must point to a `struct kvm` that `kvm_create_vm()` has finished initialising and that
     /// stays alive for `'a`, as is the case for the VM an ioctl or a device callback runs for.
-    #[inline]
-    pub unsafe fn from_raw<'a>(ptr: *mut bindings::kvm) -> &'a Self {
+    pub(crate) unsafe fn from_raw<'a>(ptr: *mut bindings::kvm) -> &'a Self {
         // SAFETY: `Vm` is `repr(transparent)` over `Opaque<struct kvm>`, which has the layout of
         // `struct kvm`; the caller guarantees the VM is valid and initialised for `'a`.
         unsafe { &*ptr.cast::<Self>() }
     }
 
     /// Returns the raw `struct kvm` pointer.
-    #[inline]
-    pub fn as_raw(&self) -> *mut bindings::kvm {
+    pub(crate) fn as_raw(&self) -> *mut bindings::kvm {
         self.0.get()
     }
 
     /// Takes `kvm->slots_lock`, the mutex that serialises changes to memslots and I/O buses.
     ///
     /// The lock is released when the returned guard is dropped. This may sleep.
-    #[inline]
-    pub fn lock_slots(&self) -> SlotsGuard<'_> {
-        // SAFETY: by the type invariant the VM is valid and `kvm_create_vm()` initialised its
-        // `slots_lock`.
-        unsafe { bindings::mutex_lock(addr_of_mut!((*self.as_raw()).slots_lock)) };
-        // INVARIANT: this thread took `slots_lock` just above.
+    pub(crate) fn lock_slots(&self) -> SlotsGuard<'_> {
+        // SAFETY: by the type invariant `kvm_create_vm()` initialised `slots_lock`, which lives
+        // as long as the VM and so as long as `self`.
+        let slots_lock = unsafe { Mutex::from_raw(&raw mut (*self.as_raw()).slots_lock) };
         SlotsGuard {
             vm: self,
-            _not_send: PhantomData,
+            _guard: slots_lock.lock(),
         }
     }
 }
 
-/// Proof that the current thread holds `kvm->slots_lock`; releases it when dropped.
-///
-/// # Invariants
-///
-/// The thread that owns the guard holds `vm`'s `slots_lock`. The guard cannot move to another
-/// thread, because a mutex must be released by the thread that took it.
-pub struct SlotsGuard<'a> {
+/// Proof that the current thread holds `kvm->slots_lock`, which is released when it is dropped.
+pub(crate) struct SlotsGuard<'a> {
     vm: &'a Vm,
-    _not_send: PhantomData<*mut ()>,
+    _guard: MutexGuard<'a, ()>,
 }
 
 impl<'a> SlotsGuard<'a> {
     /// The VM whose `slots_lock` is held.
-    #[inline]
-    pub fn vm(&self) -> &'a Vm {
+    pub(crate) fn vm(&self) -> &'a Vm {
         self.vm
-    }
-}
-
-impl Drop for SlotsGuard<'_> {
-    #[inline]
-    fn drop(&mut self) {
-        // SAFETY: by the type invariant this thread holds `slots_lock` of a valid VM.
-        unsafe { bindings::mutex_unlock(addr_of_mut!((*self.vm.as_raw()).slots_lock)) };
     }
 }

@@ -8,29 +8,26 @@
 //! its operations from vCPU threads, and calls its destructor exactly once, when the device is
 //! unregistered or the VM is destroyed; the destructor drops the box.
 
-use super::{Bus, Vm};
-use crate::{
+use super::{bindings, Bus, Vm};
+use core::{marker::PhantomData, ptr::NonNull};
+use kernel::{
     alloc::{flags::GFP_KERNEL_ACCOUNT, KBox},
-    bindings,
-    error::{code::EOPNOTSUPP, Result, VTABLE_DEFAULT_ERROR},
+    build_error,
+    error::{code::EOPNOTSUPP, VTABLE_DEFAULT_ERROR},
     ffi::{c_int, c_void},
+    prelude::*,
     types::Opaque,
 };
-use core::{
-    marker::PhantomData,
-    ptr::{addr_of, addr_of_mut, NonNull},
-};
-use macros::vtable;
 
 /// The range a device claims on its bus.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct IoRange {
+pub(crate) struct IoRange {
     /// The bus the device sits on.
-    pub bus: Bus,
+    pub(crate) bus: Bus,
     /// First guest-physical address (MMIO) or port (PIO) of the range.
-    pub addr: u64,
+    pub(crate) addr: u64,
     /// Length of the range in bytes, as userspace gave it. KVM's bus takes a C `int`.
-    pub size: u32,
+    pub(crate) size: u32,
 }
 
 /// What a device does with the guest accesses that reach it.
@@ -38,18 +35,18 @@ pub struct IoRange {
 /// KVM calls these from vCPU threads, several at once, inside an SRCU read-side section of the
 /// VM: they must not sleep.
 #[vtable]
-pub trait IoDeviceOps: Sized + Send + Sync {
+pub(crate) trait IoDeviceOps: Sized + Send + Sync {
     /// Handles a guest write of `data` at `addr`.
     ///
     /// An error (KVM expects [`EOPNOTSUPP`]) hands the write on to the next device on the bus
     /// and, if no device takes it, to userspace as an ordinary MMIO or PIO exit.
     fn write(_dev: &IoDevice<Self>, _addr: u64, _data: &[u8]) -> Result {
-        crate::build_error(VTABLE_DEFAULT_ERROR)
+        build_error!(VTABLE_DEFAULT_ERROR)
     }
 
     /// Handles a guest read of `data.len()` bytes at `addr`, like [`IoDeviceOps::write`].
     fn read(_dev: &IoDevice<Self>, _addr: u64, _data: &mut [u8]) -> Result {
-        crate::build_error(VTABLE_DEFAULT_ERROR)
+        build_error!(VTABLE_DEFAULT_ERROR)
     }
 }
 
@@ -68,7 +65,10 @@ pub(super) struct Header {
     pub(super) range: IoRange,
 }
 
-/// A device on one of a VM's I/O buses, with driver data `T`.
+/// A device on one of a VM's I/O buses, whose accesses `T` handles.
+///
+/// `T` is a type without data: everything a coalesced zone needs is its range and its VM. A
+/// device with state of its own would add a field of type `T` here.
 ///
 /// # Invariants
 ///
@@ -77,24 +77,23 @@ pub(super) struct Header {
 /// registration through [`NewIoDevice`], whose lifetime is bound to the VM's; afterwards in
 /// callbacks, which KVM runs only for devices of a live VM.
 #[repr(C)]
-pub struct IoDevice<T> {
+pub(crate) struct IoDevice<T> {
     pub(super) header: Header,
-    data: T,
+    _ops: PhantomData<T>,
 }
 
 // SAFETY: the raw fields are the C device and list entry, which KVM accesses under its own rules
-// (the bus under SRCU, the list under `slots_lock`); the Rust data is `Send + Sync` itself.
+// (the bus under SRCU, the list under `slots_lock`); `T` holds no data.
 unsafe impl<T: Send> Send for IoDevice<T> {}
 
-// SAFETY: as for `Send`; shared access from several vCPUs only reads the header and `&T`.
+// SAFETY: as for `Send`; shared access from several vCPUs only reads the header.
 unsafe impl<T: Sync> Sync for IoDevice<T> {}
 
 impl<T: IoDeviceOps> IoDevice<T> {
     /// Allocates a device for `vm` claiming `range`, charged to the VM's memory cgroup.
     ///
     /// It does nothing until it is registered on its bus (see [`super::SlotsGuard`]).
-    #[inline]
-    pub fn alloc(vm: &Vm, range: IoRange, data: T) -> Result<NewIoDevice<'_, T>> {
+    pub(crate) fn alloc(vm: &Vm, range: IoRange) -> Result<NewIoDevice<'_, T>> {
         // INVARIANT: `vm` is the device's VM, and the ops table is the one built for `T`.
         let dev = KBox::new(
             IoDevice {
@@ -107,7 +106,7 @@ impl<T: IoDeviceOps> IoDevice<T> {
                     vm: NonNull::from(vm).cast(),
                     range,
                 },
-                data,
+                _ops: PhantomData,
             },
             GFP_KERNEL_ACCOUNT,
         )?;
@@ -120,22 +119,14 @@ impl<T: IoDeviceOps> IoDevice<T> {
 
 impl<T> IoDevice<T> {
     /// The VM the device belongs to.
-    #[inline]
-    pub fn vm(&self) -> &Vm {
+    pub(crate) fn vm(&self) -> &Vm {
         // SAFETY: by the type invariant the VM is alive while `self` may be referenced.
         unsafe { Vm::from_raw(self.header.vm.as_ptr()) }
     }
 
     /// The range the device claims on its bus.
-    #[inline]
-    pub fn range(&self) -> &IoRange {
+    pub(crate) fn range(&self) -> &IoRange {
         &self.header.range
-    }
-
-    /// The driver's data.
-    #[inline]
-    pub fn data(&self) -> &T {
-        &self.data
     }
 }
 
@@ -143,7 +134,7 @@ impl<T> IoDevice<T> {
 ///
 /// Its lifetime is that of the VM it was created for, so the device cannot be used once that
 /// VM is gone.
-pub struct NewIoDevice<'a, T> {
+pub(crate) struct NewIoDevice<'a, T> {
     pub(super) dev: KBox<IoDevice<T>>,
     _vm: PhantomData<&'a Vm>,
 }
@@ -227,7 +218,7 @@ impl<T: IoDeviceOps> OpsTable<T> {
         let dev = this.cast::<IoDevice<T>>();
         // SAFETY: the caller guarantees a registered device, so its `link` is on the zone list,
         // and that no one else walks the list now.
-        unsafe { bindings::list_del(Opaque::raw_get(addr_of!((*dev).header.link))) };
+        unsafe { bindings::list_del(Opaque::cast_into(&raw const (*dev).header.link)) };
         // SAFETY: registration leaked this box, and the bus hands back its only reference.
         drop(unsafe { KBox::from_raw(dev) });
     }
@@ -240,7 +231,7 @@ impl<T: IoDeviceOps> NewIoDevice<'_, T> {
     pub(super) fn into_raw(self) -> (*mut IoDevice<T>, *mut bindings::kvm_io_device) {
         let dev = KBox::into_raw(self.dev);
         // SAFETY: `dev` comes from `KBox::into_raw`, so it is valid.
-        let raw = unsafe { Opaque::raw_get(addr_of_mut!((*dev).header.dev)) };
+        let raw = unsafe { Opaque::cast_into(&raw const (*dev).header.dev) };
         (dev, raw)
     }
 }

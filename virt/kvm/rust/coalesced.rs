@@ -6,30 +6,29 @@
 //! [`include/linux/kvm_host.h`](srctree/include/linux/kvm_host.h)
 //!
 //! The ring page is mapped writable into the VMM, which may store anything into it at any moment.
-//! No Rust reference to it is ever formed: every access is a single volatile read or write of one
-//! field (`READ_ONCE`/`WRITE_ONCE` in C), at an index checked against the ring's size here.
+//! No Rust reference to it is ever formed. The two indices, which both sides write, are only
+//! accessed as [`Atomic`]s (`READ_ONCE`/`WRITE_ONCE` in C), and only a bounds-checked snapshot of
+//! `last` is used as an index; the entries are written under `kvm->ring_lock`, as in C.
 
 use super::{
+    bindings,
     iodev::{Header, IoDeviceOps, IoRange, NewIoDevice},
     SlotsGuard, Vm,
 };
-use crate::{
-    bindings,
-    error::{
-        code::{EINVAL, ENOMEM},
-        to_result, Result,
+use core::{pin::Pin, ptr};
+use kernel::{
+    error::{code::ENOMEM, to_result},
+    prelude::*,
+    sync::{
+        atomic::{Atomic, Relaxed},
+        barrier::smp_wmb,
+        LockClassKey, SpinLock, SpinLockGuard,
     },
-    str::CStr,
-    sync::LockClassKey,
     types::Opaque,
-};
-use core::{
-    marker::PhantomData,
-    ptr::{addr_of, addr_of_mut},
 };
 
 /// Number of entries in the ring, `KVM_COALESCED_MMIO_MAX`: 170 with 4 KiB pages.
-pub const RING_ENTRIES: u32 = bindings::KVM_COALESCED_MMIO_MAX as u32;
+pub(crate) const RING_ENTRIES: u32 = bindings::KVM_COALESCED_MMIO_MAX as u32;
 const _: () = assert!(bindings::KVM_COALESCED_MMIO_MAX <= u32::MAX as usize);
 
 /// Bytes of data one ring entry holds (`kvm_coalesced_mmio.data`).
@@ -37,13 +36,13 @@ const ENTRY_DATA: usize = 8;
 
 /// A zone as userspace passes it to `KVM_(UN)REGISTER_COALESCED_MMIO`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Zone {
+pub(crate) struct Zone {
     /// First guest-physical address (MMIO) or port (PIO).
-    pub addr: u64,
+    pub(crate) addr: u64,
     /// Length in bytes.
-    pub size: u32,
+    pub(crate) size: u32,
     /// 1 for a zone of I/O ports, 0 for MMIO; userspace may pass anything here.
-    pub pio: u32,
+    pub(crate) pio: u32,
 }
 
 impl Zone {
@@ -52,8 +51,7 @@ impl Zone {
     /// # Safety
     ///
     /// `ptr` must be valid for reading a `struct kvm_coalesced_mmio_zone`.
-    #[inline]
-    pub unsafe fn read_raw(ptr: *const bindings::kvm_coalesced_mmio_zone) -> Self {
+    pub(crate) unsafe fn read_raw(ptr: *const bindings::kvm_coalesced_mmio_zone) -> Self {
         // SAFETY: the caller guarantees `ptr` is valid for reads; the struct is plain data.
         let zone = unsafe { ptr.read() };
         Zone {
@@ -76,11 +74,10 @@ impl Zone {
 ///
 /// `kvm` must point to a VM that `kvm_create_vm()` is creating and that no other thread can
 /// reach yet; this must be called once for it, before any other function of this module.
-#[inline]
-pub unsafe fn init_vm(
+pub(crate) unsafe fn init_vm(
     kvm: *mut bindings::kvm,
     lock_name: &'static CStr,
-    lock_key: &'static LockClassKey,
+    lock_key: Pin<&'static LockClassKey>,
 ) -> Result {
     // SAFETY: plain page allocation; order 0 and these flags are valid for any caller that may
     // sleep, which VM creation may.
@@ -90,16 +87,15 @@ pub unsafe fn init_vm(
     if page == 0 {
         return Err(ENOMEM);
     }
-    // SAFETY: the caller guarantees `kvm` is valid and ours alone; the lock name and class key
-    // are static, as lockdep requires.
+    let ring_lock = SpinLock::new((), lock_name, lock_key);
+    // SAFETY: the caller guarantees `kvm` is valid and ours alone. `ring_lock` is initialised in
+    // place, where it stays for the VM's life: `Lock<(), _>` is `repr(C)` with the C lock as its
+    // only non-zero-sized field (what `Lock::from_raw` relies on too), and initialising a spinlock
+    // cannot fail.
     unsafe {
         (*kvm).coalesced_mmio_ring = page as *mut bindings::kvm_coalesced_mmio_ring;
-        bindings::__spin_lock_init(
-            addr_of_mut!((*kvm).ring_lock),
-            lock_name.as_char_ptr(),
-            lock_key.as_ptr(),
-        );
-        bindings::INIT_LIST_HEAD(addr_of_mut!((*kvm).coalesced_zones));
+        let Ok(()) = ring_lock.__pinned_init((&raw mut (*kvm).ring_lock).cast::<SpinLock<()>>());
+        bindings::INIT_LIST_HEAD(&raw mut (*kvm).coalesced_zones);
     }
     Ok(())
 }
@@ -111,8 +107,7 @@ pub unsafe fn init_vm(
 /// `kvm` must point to a VM that `kvm_destroy_vm()` (or the error path of `kvm_create_vm()`) is
 /// tearing down: its buses, and with them all its zones, are gone, and no one maps or uses the
 /// ring any more. This must be called once.
-#[inline]
-pub unsafe fn free_vm(kvm: *mut bindings::kvm) {
+pub(crate) unsafe fn free_vm(kvm: *mut bindings::kvm) {
     // SAFETY: the caller guarantees `kvm` is valid and no longer used by anyone else.
     let ring = unsafe { (*kvm).coalesced_mmio_ring };
     if !ring.is_null() {
@@ -126,53 +121,48 @@ impl Vm {
     /// Takes `kvm->ring_lock`, which serialises the writers of the VM's coalesced ring.
     ///
     /// A spinlock: nothing may sleep until the guard is dropped.
-    #[inline]
-    pub fn lock_coalesced_ring(&self) -> RingGuard<'_> {
+    pub(crate) fn lock_coalesced_ring(&self) -> RingGuard<'_> {
         let kvm = self.as_raw();
         // SAFETY: by the type invariant of `Vm`, `init_vm` succeeded for this VM, so `ring_lock`
-        // is initialised.
-        unsafe { bindings::spin_lock(addr_of_mut!((*kvm).ring_lock)) };
+        // is initialised, and it lives as long as the VM.
+        let ring_lock = unsafe { SpinLock::from_raw(&raw mut (*kvm).ring_lock) };
         // INVARIANT: the lock is held, and `init_vm` installed the ring page, which lives as
         // long as the VM.
         RingGuard {
-            vm: self,
+            _guard: ring_lock.lock(),
             // SAFETY: `kvm` is valid; the pointer field is written once, by `init_vm`.
             ring: unsafe { (*kvm).coalesced_mmio_ring },
-            _not_send: PhantomData,
         }
     }
 }
 
-/// The VM's coalesced ring, with `ring_lock` held; releases the lock when dropped.
+/// The VM's coalesced ring, with `ring_lock` held; the lock is released when it is dropped.
 ///
 /// Userspace owns `first` and may write any field at any time; with the lock, this guard is the
 /// only kernel writer of the entries and of `last`.
 ///
 /// # Invariants
 ///
-/// The current thread holds `vm.ring_lock`, and `ring` is the VM's ring page: one page, alive as
-/// long as the VM, holding a header and [`RING_ENTRIES`] entries.
-pub struct RingGuard<'a> {
-    vm: &'a Vm,
+/// `_guard` holds the VM's `ring_lock`, and `ring` is the VM's ring page: one page, alive as long
+/// as the VM, holding a header and [`RING_ENTRIES`] entries.
+pub(crate) struct RingGuard<'a> {
+    _guard: SpinLockGuard<'a, ()>,
     ring: *mut bindings::kvm_coalesced_mmio_ring,
-    _not_send: PhantomData<*mut ()>,
 }
 
 impl RingGuard<'_> {
-    /// Reads the index userspace consumes from (`READ_ONCE(ring->first)`): any value at all.
-    #[inline]
-    pub fn first(&self) -> u32 {
-        // SAFETY: `ring` is valid by the type invariant; a volatile read of an aligned `u32`
-        // that userspace may be writing yields some value of it and nothing worse.
-        unsafe { addr_of!((*self.ring).first).read_volatile() }
+    /// The index userspace consumes from (`READ_ONCE(ring->first)`): any value at all.
+    pub(crate) fn first(&self) -> u32 {
+        // SAFETY: `ring` is valid by the type invariant and `first` is an aligned `u32`. The
+        // kernel only ever accesses it atomically; the VMM's stores cannot make a `u32` invalid.
+        unsafe { Atomic::from_ptr(&raw mut (*self.ring).first) }.load(Relaxed)
     }
 
-    /// Reads the index KVM produces at (`READ_ONCE(ring->last)`): userspace may have changed it
-    /// too, so it must be bounds-checked before use.
-    #[inline]
-    pub fn last(&self) -> u32 {
+    /// The index KVM produces at (`READ_ONCE(ring->last)`): userspace may have changed it too,
+    /// so it must be bounds-checked before use.
+    pub(crate) fn last(&self) -> u32 {
         // SAFETY: as in `first`.
-        unsafe { addr_of!((*self.ring).last).read_volatile() }
+        unsafe { Atomic::from_ptr(&raw mut (*self.ring).last) }.load(Relaxed)
     }
 
     /// Fills entry `slot` with a write of `data` at `addr`; `pio` is the zone's `pio` flag.
@@ -181,28 +171,27 @@ impl RingGuard<'_> {
     /// than an entry holds. Neither happens for a slot chosen with the ring's indices and an
     /// access from KVM (at most 8 bytes); the checks keep this function from ever writing
     /// outside the ring page.
-    #[inline]
-    pub fn fill(&mut self, slot: u32, addr: u64, data: &[u8], pio: u32) -> Result {
+    pub(crate) fn fill(&mut self, slot: u32, addr: u64, data: &[u8], pio: u32) -> Result {
         if slot >= RING_ENTRIES || data.len() > ENTRY_DATA {
             return Err(EINVAL);
         }
         // SAFETY: `ring` is valid by the type invariant and `slot < RING_ENTRIES`, so the entry
-        // lies inside the page. Each store is a volatile write of one aligned field (or byte),
-        // which userspace may read concurrently: that is the protocol, and no Rust reference to
-        // the shared memory is created.
+        // lies inside the page, and `data.len()` bytes fit in its `data`. The lock makes this the
+        // only kernel writer of the entry. The VMM reads an entry only once `last` covers it, so
+        // these plain stores, like C's, race only with a VMM that breaks the protocol, which can
+        // then read a torn entry of its own making; no Rust reference to the page is formed.
         unsafe {
-            let entry = addr_of_mut!((*self.ring).__bindgen_anon_1.coalesced_mmio)
+            let entry = (&raw mut (*self.ring).__bindgen_anon_1.coalesced_mmio)
                 .cast::<bindings::kvm_coalesced_mmio>()
                 .add(slot as usize);
-            addr_of_mut!((*entry).phys_addr).write_volatile(addr);
-            addr_of_mut!((*entry).len).write_volatile(data.len() as u32);
-            let bytes = addr_of_mut!((*entry).data).cast::<u8>();
-            for (i, byte) in data.iter().enumerate() {
-                bytes.add(i).write_volatile(*byte);
-            }
-            addr_of_mut!((*entry).__bindgen_anon_1)
-                .cast::<u32>()
-                .write_volatile(pio);
+            (&raw mut (*entry).phys_addr).write(addr);
+            (&raw mut (*entry).len).write(data.len() as u32);
+            ptr::copy_nonoverlapping(
+                data.as_ptr(),
+                (&raw mut (*entry).data).cast::<u8>(),
+                data.len(),
+            );
+            (&raw mut (*entry).__bindgen_anon_1.pio).write(pio);
         }
         Ok(())
     }
@@ -211,42 +200,10 @@ impl RingGuard<'_> {
     ///
     /// The write barrier comes first so that a VMM which sees the new `last` also sees every
     /// entry before it; the VMM pairs it with a read barrier after reading `last`.
-    #[inline]
-    pub fn publish_last(&mut self, last: u32) {
+    pub(crate) fn publish_last(&mut self, last: u32) {
         smp_wmb();
-        // SAFETY: as in `first`, for a write.
-        unsafe { addr_of_mut!((*self.ring).last).write_volatile(last) };
-    }
-}
-
-/// `smp_wmb()`, inlined where C's is free: the write barrier between an entry and `last`.
-///
-/// On x86 without KCSAN, `asm/barrier.h` makes `smp_wmb()` a compiler barrier only (x86 does not
-/// reorder stores with other stores), so C emits no instruction for it. Linux 6.12 cannot inline
-/// a C helper into Rust, and calling `rust_helper_smp_wmb()`, an empty function, on every
-/// coalesced write is a cost C does not have; there the barrier is written as C's `barrier()`.
-/// Elsewhere the helper runs the architecture's real barrier.
-#[inline(always)]
-fn smp_wmb() {
-    #[cfg(all(CONFIG_X86, not(CONFIG_KCSAN)))]
-    // SAFETY: an empty asm block does nothing. Without `nomem` or `readonly` the compiler must
-    // assume it reads and writes any memory, so no memory access moves across it: C's
-    // `asm volatile("" ::: "memory")`.
-    unsafe {
-        core::arch::asm!("", options(nostack, preserves_flags))
-    };
-    #[cfg(not(all(CONFIG_X86, not(CONFIG_KCSAN))))]
-    // SAFETY: `smp_wmb()` has no preconditions.
-    unsafe {
-        bindings::smp_wmb()
-    };
-}
-
-impl Drop for RingGuard<'_> {
-    #[inline]
-    fn drop(&mut self) {
-        // SAFETY: by the type invariant this thread holds the VM's `ring_lock`.
-        unsafe { bindings::spin_unlock(addr_of_mut!((*self.vm.as_raw()).ring_lock)) };
+        // SAFETY: as in `first`.
+        unsafe { Atomic::from_ptr(&raw mut (*self.ring).last) }.store(last, Relaxed);
     }
 }
 
@@ -256,8 +213,10 @@ impl SlotsGuard<'_> {
     /// On failure the device is freed and the bus's error returned: `ENOMEM`, or `ENOSPC` when
     /// the bus already holds its maximum number of devices. A device made for another VM is
     /// refused with `EINVAL`.
-    #[inline]
-    pub fn register_coalesced_zone<T: IoDeviceOps>(&mut self, dev: NewIoDevice<'_, T>) -> Result {
+    pub(crate) fn register_coalesced_zone<T: IoDeviceOps>(
+        &mut self,
+        dev: NewIoDevice<'_, T>,
+    ) -> Result {
         let kvm = self.vm().as_raw();
         if dev.dev.header.vm.as_ptr() != kvm {
             return Err(EINVAL);
@@ -278,15 +237,15 @@ impl SlotsGuard<'_> {
         };
         if let Err(e) = to_result(ret) {
             // SAFETY: the bus refused the device, so the box leaked above is still ours alone.
-            drop(unsafe { crate::alloc::KBox::from_raw(dev) });
+            drop(unsafe { KBox::from_raw(dev) });
             return Err(e);
         }
         // SAFETY: `slots_lock` protects the zone list; the entry is in the now-registered device
         // and stays valid until its destructor removes it.
         unsafe {
             bindings::list_add_tail(
-                Opaque::raw_get(addr_of!((*dev).header.link)),
-                addr_of_mut!((*kvm).coalesced_zones),
+                Opaque::cast_into(&raw const (*dev).header.link),
+                &raw mut (*kvm).coalesced_zones,
             )
         };
         Ok(())
@@ -294,25 +253,26 @@ impl SlotsGuard<'_> {
 
     /// Unregisters, from its bus, every zone on the VM's list for which `matches` holds.
     ///
-    /// Unregistering destroys the zone's device. If KVM cannot shrink the bus, it destroys every
-    /// device on that bus and the walk stops at once: the saved next entry may be gone too
-    /// (CVE-2021-47060), and a match is always on the same bus, so nothing is left to do.
-    #[inline]
-    pub fn unregister_coalesced_zones(&mut self, mut matches: impl FnMut(&IoRange) -> bool) {
+    /// Unregistering destroys the zone's device, which removes it from the list. If KVM cannot
+    /// shrink the bus, it destroys every device on that bus and the walk stops at once: the saved
+    /// next entry may be gone too (CVE-2021-47060), and a match is always on the same bus, so
+    /// nothing is left to do. `kernel::interop::list` only iterates over a list that stays as it
+    /// is, so this is `list_for_each_entry_safe()` written out.
+    pub(crate) fn unregister_coalesced_zones(&mut self, mut matches: impl FnMut(&IoRange) -> bool) {
         let kvm = self.vm().as_raw();
         // SAFETY: `slots_lock` is held, so the list and its entries change only through this
         // walk. Every entry is the `link` of a registered `IoDevice`, whose `Header` is readable
         // without knowing its data type. `next` is read before the current entry can be
         // destroyed, as `list_for_each_entry_safe()` does.
         unsafe {
-            let head = addr_of_mut!((*kvm).coalesced_zones);
+            let head = &raw mut (*kvm).coalesced_zones;
             let mut pos = (*head).next;
             while pos != head {
                 let next = (*pos).next;
-                let header = crate::container_of!(pos, Header, link);
+                let header = kernel::container_of!(pos.cast::<Opaque<bindings::list_head>>(), Header, link);
                 let range = (*header).range;
                 if matches(&range) {
-                    let dev = Opaque::raw_get(addr_of!((*header).dev));
+                    let dev = Opaque::cast_into(&raw const (*header).dev);
                     if bindings::kvm_io_bus_unregister_dev(kvm, range.bus.as_raw(), dev) != 0 {
                         break;
                     }
