@@ -13,14 +13,28 @@
 /// Whether a `len`-byte access at `addr` lies wholly inside the zone `[zone_addr, zone_addr +
 /// zone_size)`: C's `coalesced_mmio_in_range()`.
 ///
-/// `len` is a C `int`, as in the C: a write passes its access size (1 to 8), and unregistering
-/// passes the requested zone's `u32` size converted to `int`, so a size of 2^31 or more is negative
-/// and matches nothing. Both sums wrap around `u64` as in C: an access that wraps is refused, while
-/// a zone whose end wraps has an end below its start and contains nothing.
+/// `len` is a C `int`, as in the C: unregistering passes the requested zone's `u32` size
+/// converted to `int`, so a size of 2^31 or more is negative and matches nothing. Both sums wrap
+/// around `u64` as in C: an access that wraps is refused, while a zone whose end wraps has an end
+/// below its start and contains nothing.
 pub(crate) fn zone_contains(zone_addr: u64, zone_size: u32, addr: u64, len: i32) -> bool {
     let Ok(len) = u64::try_from(len) else {
         return false;
     };
+    span_inside(zone_addr, zone_size, addr, len)
+}
+
+/// [`zone_contains`] for a guest access, whose length (1 to 8 bytes) is never negative: the
+/// same answer for every `len` that fits an `int`, without converting it to one and back.
+pub(crate) fn access_inside(zone_addr: u64, zone_size: u32, addr: u64, len: usize) -> bool {
+    // `usize` fits `u64` on every architecture Linux supports; were it wider, refusing is safe.
+    let Ok(len) = u64::try_from(len) else {
+        return false;
+    };
+    span_inside(zone_addr, zone_size, addr, len)
+}
+
+fn span_inside(zone_addr: u64, zone_size: u32, addr: u64, len: u64) -> bool {
     let end = addr.wrapping_add(len);
     end >= addr && addr >= zone_addr && end <= zone_addr.wrapping_add(u64::from(zone_size))
 }
@@ -106,6 +120,33 @@ mod tests {
         for addr in [u64::MAX - 15, u64::MAX - 8, u64::MAX - 1, 0, 1, 2] {
             for len in 0..=8 {
                 assert!(!zone_contains(u64::MAX - 15, 32, addr, len));
+            }
+        }
+    }
+
+    #[test]
+    fn guest_access_check_agrees_with_the_int_one() {
+        for (zone_addr, zone_size) in [
+            (0x1000, 0x10),
+            (0x70, 1),
+            (u64::MAX - 15, 32),
+            (0, u32::MAX),
+        ] {
+            for addr in [
+                0,
+                0x6f,
+                0x70,
+                0xfff,
+                0x1000,
+                0x1008,
+                0x100f,
+                u64::MAX - 8,
+                u64::MAX,
+            ] {
+                for len in 0..=8usize {
+                    let as_int = zone_contains(zone_addr, zone_size, addr, len as i32);
+                    assert_eq!(access_inside(zone_addr, zone_size, addr, len), as_int);
+                }
             }
         }
     }

@@ -32,7 +32,7 @@ pub(crate) const RING_ENTRIES: u32 = bindings::KVM_COALESCED_MMIO_MAX as u32;
 const _: () = assert!(bindings::KVM_COALESCED_MMIO_MAX <= u32::MAX as usize);
 
 /// Bytes of data one ring entry holds (`kvm_coalesced_mmio.data`).
-const ENTRY_DATA: usize = 8;
+pub(crate) const ENTRY_DATA: usize = 8;
 
 /// A zone as userspace passes it to `KVM_(UN)REGISTER_COALESCED_MMIO`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -186,12 +186,12 @@ impl RingGuard<'_> {
                 .add(slot as usize);
             (&raw mut (*entry).phys_addr).write(addr);
             (&raw mut (*entry).len).write(data.len() as u32);
+            (&raw mut (*entry).__bindgen_anon_1.pio).write(pio);
             ptr::copy_nonoverlapping(
                 data.as_ptr(),
                 (&raw mut (*entry).data).cast::<u8>(),
                 data.len(),
             );
-            (&raw mut (*entry).__bindgen_anon_1.pio).write(pio);
         }
         Ok(())
     }
@@ -269,7 +269,8 @@ impl SlotsGuard<'_> {
             let mut pos = (*head).next;
             while pos != head {
                 let next = (*pos).next;
-                let header = kernel::container_of!(pos.cast::<Opaque<bindings::list_head>>(), Header, link);
+                let header =
+                    kernel::container_of!(pos.cast::<Opaque<bindings::list_head>>(), Header, link);
                 let range = (*header).range;
                 if matches(&range) {
                     let dev = Opaque::cast_into(&raw const (*header).dev);

@@ -36,6 +36,10 @@ pub(crate) struct IoRange {
 /// VM: they must not sleep.
 #[vtable]
 pub(crate) trait IoDeviceOps: Sized + Send + Sync {
+    /// The longest access, in bytes, the device handles. A longer one is refused with
+    /// [`EOPNOTSUPP`] without calling the device, which KVM treats like the device's own refusal.
+    const MAX_ACCESS: usize = usize::MAX;
+
     /// Handles a guest write of `data` at `addr`.
     ///
     /// An error (KVM expects [`EOPNOTSUPP`]) hands the write on to the next device on the bus
@@ -173,9 +177,11 @@ impl<T: IoDeviceOps> OpsTable<T> {
         len: c_int,
         val: *const c_void,
     ) -> c_int {
-        // A negative length is outside every range; the C device would say the same.
-        let Ok(len) = usize::try_from(len) else {
-            return EOPNOTSUPP.to_errno();
+        // A negative length is outside every range, as the C device would say, and a length past
+        // `MAX_ACCESS` is refused as the device asks; one unsigned compare tests both.
+        let len = match usize::try_from(len) {
+            Ok(len) if len <= T::MAX_ACCESS => len,
+            _ => return EOPNOTSUPP.to_errno(),
         };
         // SAFETY: `dev` is the first field of `Header`, which is the first field of the `repr(C)`
         // `IoDevice<T>`, so `this` points to the device; the caller guarantees it is alive.
@@ -197,8 +203,9 @@ impl<T: IoDeviceOps> OpsTable<T> {
         len: c_int,
         val: *mut c_void,
     ) -> c_int {
-        let Ok(len) = usize::try_from(len) else {
-            return EOPNOTSUPP.to_errno();
+        let len = match usize::try_from(len) {
+            Ok(len) if len <= T::MAX_ACCESS => len,
+            _ => return EOPNOTSUPP.to_errno(),
         };
         // SAFETY: as in `write_callback`.
         let dev = unsafe { &*this.cast::<IoDevice<T>>() };
