@@ -1,5 +1,5 @@
 # One entry point. `make demo` and `make check` do all their own set-up (as root on Debian 12).
-.PHONY: demo bench check check-debug fuzz selftests-full setup kernel selftests host-test lint patches clean-build clean-cache
+.PHONY: demo bench check check-debug fuzz selftests-full setup kernel selftests host-test lint codegen patches clean-build clean-cache
 
 # perf kvm stat on RTC port 0x70: no coalescing, stock C kvm.ko, Rust kvm.ko, in one boot.
 demo:
@@ -42,10 +42,14 @@ lint:
 patches:
 	@scripts/make-patches
 
+# The coalesced write path's machine code, C against Rust, in the current build (docs/codegen.md).
+codegen: kernel
+	@scripts/codegen-table
+
 # The build tree only (the next build is cold); the unpacked source and ccache stay.
 clean-build:
 	rm -rf "$${KVMRS_CACHE:-$${XDG_CACHE_HOME:-$$HOME/.cache}/kvm-coalesced-rs}/build"
 
-# Everything the harness cached.
+# Everything the harness cached, the build root included.
 clean-cache:
 	rm -rf "$${KVMRS_CACHE:-$${XDG_CACHE_HOME:-$$HOME/.cache}/kvm-coalesced-rs}"
