@@ -52,7 +52,7 @@ static uint32_t ring_max;
 static pthread_mutex_t vmm_lock = PTHREAD_MUTEX_INITIALIZER;
 static uint64_t next_seq[NR_VCPUS][2];	/* [vcpu][pio]: the next write expected */
 static uint64_t from_ring, from_exits;
-static volatile bool stop_helper, stop_toggler;	/* helper: the drainer or the scribbler */
+static bool stop_helper, stop_toggler;	/* helper: the drainer or the scribbler */
 static bool scribbling;		/* the third phase: coalesced writes are not drained */
 
 /* Checks that a write is one of the guest's, whole; returns its vCPU and sequence number. */
@@ -63,13 +63,15 @@ static void decode_write(bool pio, uint64_t addr, uint64_t val, uint32_t len, ui
 
 	if (pio) {
 		TEST_ASSERT(len == 4 && addr >= PIO_BASE && addr < PIO_BASE + 4 * NR_VCPUS &&
-			    !((addr - PIO_BASE) % 4), "unexpected PIO write 0x%lx len %u", addr, len);
+			    !((addr - PIO_BASE) % 4),
+			    "unexpected PIO write 0x%lx len %u", addr, len);
 		id = (addr - PIO_BASE) / 4;
 		TEST_ASSERT(val >> 24 == id, "torn PIO entry: port 0x%lx data 0x%lx", addr, val);
 		seq = val & 0xffffff;
 	} else {
 		TEST_ASSERT(len == 8 && addr >= MMIO_GPA && addr < MMIO_GPA + 8 * NR_VCPUS &&
-			    !((addr - MMIO_GPA) % 8), "unexpected MMIO write 0x%lx len %u", addr, len);
+			    !((addr - MMIO_GPA) % 8),
+			    "unexpected MMIO write 0x%lx len %u", addr, len);
 		id = (addr - MMIO_GPA) / 8;
 		TEST_ASSERT(val >> 32 == id, "torn MMIO entry: addr 0x%lx data 0x%lx", addr, val);
 		seq = val & 0xffffffff;
@@ -89,7 +91,7 @@ static void record(bool pio, uint64_t addr, uint64_t val, uint32_t len)
 
 	decode_write(pio, addr, val, len, &id, &seq);
 	TEST_ASSERT(seq == next_seq[id][pio] || (scribbling && seq > next_seq[id][pio]),
-		    "vCPU %lu %s write %lu arrived when %lu was due (lost, duplicated or reordered)",
+		    "vCPU %lu %s write %lu arrived when %lu was due (lost, duplicated, reordered)",
 		    id, pio ? "PIO" : "MMIO", seq, next_seq[id][pio]);
 	next_seq[id][pio] = seq + 1;
 }
@@ -115,7 +117,7 @@ static void drain_ring(void)
 
 static void *drainer(void *arg)
 {
-	while (!stop_helper) {
+	while (!READ_ONCE(stop_helper)) {
 		pthread_mutex_lock(&vmm_lock);
 		drain_ring();
 		pthread_mutex_unlock(&vmm_lock);
@@ -126,7 +128,7 @@ static void *drainer(void *arg)
 
 static void *toggler(void *arg)
 {
-	while (!stop_toggler) {
+	while (!READ_ONCE(stop_toggler)) {
 		kvm_vm_unregister_coalesced_io(vm, MMIO_GPA, 8 * NR_VCPUS, false);
 		kvm_vm_unregister_coalesced_io(vm, PIO_BASE, 4 * NR_VCPUS, true);
 		usleep(200);
@@ -144,10 +146,12 @@ static void *scribbler(void *arg)
 				  1u << 31, UINT32_MAX - 1, UINT32_MAX };
 	uint32_t x = 2026;
 
-	while (!stop_helper) {
+	while (!READ_ONCE(stop_helper)) {
 		x = x * 1103515245 + 12345;
-		WRITE_ONCE(ring->last, x & 1 ? pick[(x >> 8) % ARRAY_SIZE(pick)] : (x >> 8) % ring_max);
-		WRITE_ONCE(ring->first, x & 2 ? pick[(x >> 16) % ARRAY_SIZE(pick)] : (x >> 16) % ring_max);
+		WRITE_ONCE(ring->last,
+			   x & 1 ? pick[(x >> 8) % ARRAY_SIZE(pick)] : (x >> 8) % ring_max);
+		WRITE_ONCE(ring->first,
+			   x & 2 ? pick[(x >> 16) % ARRAY_SIZE(pick)] : (x >> 16) % ring_max);
 	}
 	return NULL;
 }
@@ -163,8 +167,8 @@ static uint32_t check_scribbled_ring(void)
 	uint64_t id, seq;
 
 	for (off = ring_end; off < getpagesize(); off++)
-		TEST_ASSERT(((uint8_t *)ring)[off] == 0, "KVM wrote past the ring's last entry, at "
-			    "byte %zu", off);
+		TEST_ASSERT(((uint8_t *)ring)[off] == 0,
+			    "KVM wrote past the ring's last entry, at byte %zu", off);
 	for (i = 0; i < ring_max; i++) {
 		struct kvm_coalesced_mmio *e = &ring->coalesced_mmio[i];
 		uint64_t val = 0;
@@ -232,8 +236,10 @@ static void run_phase(const char *name, enum phase phase)
 	ring = (void *)vcpus[0]->run + kvm_check_cap(KVM_CAP_COALESCED_MMIO) * getpagesize();
 	ring_max = (getpagesize() - sizeof(*ring)) / sizeof(struct kvm_coalesced_mmio);
 	memset(next_seq, 0, sizeof(next_seq));
-	from_ring = from_exits = 0;
-	stop_helper = stop_toggler = false;
+	from_ring = 0;
+	from_exits = 0;
+	WRITE_ONCE(stop_helper, false);
+	WRITE_ONCE(stop_toggler, false);
 	scribbling = phase == SCRIBBLE;
 
 	kvm_vm_register_coalesced_io(vm, MMIO_GPA, 8 * NR_VCPUS, false);
@@ -249,17 +255,17 @@ static void run_phase(const char *name, enum phase phase)
 	for (i = 0; i < NR_VCPUS; i++)
 		pthread_join(threads[i], NULL);
 	if (toggle) {
-		stop_toggler = true;
+		WRITE_ONCE(stop_toggler, true);
 		pthread_join(toggle_thread, NULL);
 	}
-	stop_helper = true;
+	WRITE_ONCE(stop_helper, true);
 	pthread_join(helper_thread, NULL);
 
 	if (scribbling) {
 		entries = check_scribbled_ring();
-		printf("%s: %d vCPUs x %d writes x 2 kinds: %lu exited in order, %lu coalesced, "
-		       "%u whole entries in the ring, nothing written past it\n", name, NR_VCPUS,
-		       WRITES, from_exits, 2ul * NR_VCPUS * WRITES - from_exits, entries);
+		printf("%s: %d vCPUs x %d writes x 2 kinds: %lu exited in order, %lu coalesced, ",
+		       name, NR_VCPUS, WRITES, from_exits, 2ul * NR_VCPUS * WRITES - from_exits);
+		printf("%u whole entries in the ring, nothing written past it\n", entries);
 		TEST_ASSERT(entries > 0, "%s: nothing was coalesced", name);
 		kvm_vm_free(vm);
 		return;
@@ -270,10 +276,11 @@ static void run_phase(const char *name, enum phase phase)
 
 	for (i = 0; i < NR_VCPUS; i++)
 		for (k = 0; k < 2; k++)
-			TEST_ASSERT(next_seq[i][k] == WRITES, "vCPU %d %s: %lu of %d writes arrived",
+			TEST_ASSERT(next_seq[i][k] == WRITES,
+				    "vCPU %d %s: %lu of %d writes arrived",
 				    i, k ? "PIO" : "MMIO", next_seq[i][k], WRITES);
 	TEST_ASSERT(from_ring > 0, "%s: nothing was coalesced", name);
-	printf("%s: %d vCPUs x %d writes x 2 kinds: %lu from the ring, %lu as exits, all in order\n",
+	printf("%s: %d vCPUs x %d writes x 2 kinds: %lu from the ring, %lu as exits, in order\n",
 	       name, NR_VCPUS, WRITES, from_ring, from_exits);
 	kvm_vm_free(vm);
 }

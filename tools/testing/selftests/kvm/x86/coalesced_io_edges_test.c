@@ -49,10 +49,18 @@ static void guest_out(uint16_t port, uint64_t val, uint32_t len)
 static void guest_mmio(uint64_t addr, uint64_t val, uint32_t len)
 {
 	switch (len) {
-	case 1: WRITE_ONCE(*(uint8_t *)addr, val); break;
-	case 2: WRITE_ONCE(*(uint16_t *)addr, val); break;
-	case 4: WRITE_ONCE(*(uint32_t *)addr, val); break;
-	default: WRITE_ONCE(*(uint64_t *)addr, val); break;
+	case 1:
+		WRITE_ONCE(*(uint8_t *)addr, val);
+		break;
+	case 2:
+		WRITE_ONCE(*(uint16_t *)addr, val);
+		break;
+	case 4:
+		WRITE_ONCE(*(uint32_t *)addr, val);
+		break;
+	default:
+		WRITE_ONCE(*(uint64_t *)addr, val);
+		break;
 	}
 }
 
@@ -119,11 +127,12 @@ static bool guest_write(struct ctx *c, uint32_t pio, uint64_t addr, uint32_t len
 	if (pio) {
 		TEST_ASSERT(run->exit_reason == KVM_EXIT_IO && run->io.port == addr &&
 			    run->io.direction == KVM_EXIT_IO_OUT && run->io.size == len,
-			    "expected a %u-byte OUT to 0x%lx, got exit %u", len, addr, run->exit_reason);
+			    "expected a %u-byte OUT to 0x%lx, got exit %u",
+			    len, addr, run->exit_reason);
 	} else {
 		TEST_ASSERT(run->exit_reason == KVM_EXIT_MMIO && run->mmio.is_write &&
 			    run->mmio.phys_addr == addr && run->mmio.len == len,
-			    "expected a %u-byte MMIO write to 0x%lx, got exit %u (addr 0x%llx len %u)",
+			    "expected a %u-byte MMIO write to 0x%lx, got exit %u (0x%llx, %u)",
 			    len, addr, run->exit_reason, run->mmio.phys_addr, run->mmio.len);
 	}
 	/* Let the guest finish the instruction and reach its ucall. */
@@ -191,7 +200,7 @@ static void test_hostile_indices(struct ctx *c)
 }
 
 static struct ctx *scribble_ctx;
-static volatile bool stop_scribbling;
+static bool stop_scribbling;
 
 /* Userspace may store anything into the indices at any moment: keep doing so. */
 static void *scribble_indices(void *arg)
@@ -201,10 +210,12 @@ static void *scribble_indices(void *arg)
 				  UINT32_MAX - 1, UINT32_MAX };
 	uint32_t x = 12345;
 
-	while (!stop_scribbling) {
+	while (!READ_ONCE(stop_scribbling)) {
 		x = x * 1103515245 + 12345;
-		WRITE_ONCE(c->ring->last, x & 1 ? pick[(x >> 8) % ARRAY_SIZE(pick)] : (x >> 8) % c->max);
-		WRITE_ONCE(c->ring->first, x & 2 ? pick[(x >> 16) % ARRAY_SIZE(pick)] : (x >> 16) % c->max);
+		WRITE_ONCE(c->ring->last,
+			   x & 1 ? pick[(x >> 8) % ARRAY_SIZE(pick)] : (x >> 8) % c->max);
+		WRITE_ONCE(c->ring->first,
+			   x & 2 ? pick[(x >> 16) % ARRAY_SIZE(pick)] : (x >> 16) % c->max);
 	}
 	return NULL;
 }
@@ -226,11 +237,12 @@ static void test_scribbled_indices(struct ctx *c)
 	for (off = ring_end; off < getpagesize(); off++)
 		TEST_ASSERT(((uint8_t *)c->ring)[off] == 0, "ring tail byte %zu not zero", off);
 	scribble_ctx = c;
-	stop_scribbling = false;
+	WRITE_ONCE(stop_scribbling, false);
 	pthread_create(&thread, NULL, scribble_indices, NULL);
 	for (i = 0; i < SCRIBBLED_WRITES; i++)
-		coalesced += i & 1 ? guest_write(c, 1, PIO_PORT, 4, i) : guest_write(c, 0, MMIO_GPA, 8, i);
-	stop_scribbling = true;
+		coalesced += i & 1 ? guest_write(c, 1, PIO_PORT, 4, i) : guest_write(c, 0, MMIO_GPA,
+										     8, i);
+	WRITE_ONCE(stop_scribbling, true);
 	pthread_join(thread, NULL);
 	for (off = ring_end; off < getpagesize(); off++)
 		tail_ok &= ((uint8_t *)c->ring)[off] == 0;
@@ -267,14 +279,18 @@ static void test_unregister(struct ctx *c)
 	TEST_ASSERT_EQ(unreg(c, UINT64_MAX - 3, 8, 0), 0);
 	TEST_ASSERT_EQ(unreg(c, MMIO_GPA, 1u << 31, 0), 0);
 	TEST_ASSERT_EQ(unreg(c, MMIO_GPA, UINT32_MAX, 0), 0);
-	TEST_ASSERT(guest_write(c, 0, MMIO_GPA + 8, 8, 3), "zone removed by a request it does not contain");
+	TEST_ASSERT(guest_write(c, 0, MMIO_GPA + 8, 8, 3),
+		    "zone removed by a request it does not contain");
 
 	/* A request inside the zone removes the whole zone. */
 	TEST_ASSERT_EQ(unreg(c, MMIO_GPA + 2, 2, 0), 0);
-	TEST_ASSERT(!guest_write(c, 0, MMIO_GPA, 8, 4), "MMIO zone still coalescing after unregister");
-	TEST_ASSERT(!guest_write(c, 0, MMIO_GPA + 8, 8, 5), "MMIO zone still coalescing after unregister");
+	TEST_ASSERT(!guest_write(c, 0, MMIO_GPA, 8, 4),
+		    "MMIO zone still coalescing after unregister");
+	TEST_ASSERT(!guest_write(c, 0, MMIO_GPA + 8, 8, 5),
+		    "MMIO zone still coalescing after unregister");
 	TEST_ASSERT_EQ(unreg(c, PIO_PORT, 1, 1), 0);
-	TEST_ASSERT(!guest_write(c, 1, PIO_PORT, 1, 6), "PIO zone still coalescing after unregister");
+	TEST_ASSERT(!guest_write(c, 1, PIO_PORT, 1, 6),
+		    "PIO zone still coalescing after unregister");
 
 	/* Unregistering what is not there succeeds. */
 	TEST_ASSERT_EQ(unreg(c, MMIO_GPA, 8, 0), 0);
@@ -287,14 +303,17 @@ static void test_straddle(struct ctx *c)
 	set_ring(c, 0, 0);
 	TEST_ASSERT_EQ(reg(c, MMIO_GPA, 4, 0), 0);
 	TEST_ASSERT_EQ(reg(c, MMIO_GPA + 4, 4, 0), 0);
-	TEST_ASSERT(!guest_write(c, 0, MMIO_GPA, 8, 7), "a write straddling two zones was coalesced");
+	TEST_ASSERT(!guest_write(c, 0, MMIO_GPA, 8, 7),
+		    "a write straddling two zones was coalesced");
 	TEST_ASSERT(guest_write(c, 0, MMIO_GPA + 4, 4, 8), "a write inside one zone was not");
-	TEST_ASSERT(!guest_write(c, 0, MMIO_GPA + 2, 4, 9), "a write straddling two zones was coalesced");
+	TEST_ASSERT(!guest_write(c, 0, MMIO_GPA + 2, 4, 9),
+		    "a write straddling two zones was coalesced");
 	TEST_ASSERT_EQ(unreg(c, MMIO_GPA, 4, 0), 0);
 	TEST_ASSERT_EQ(unreg(c, MMIO_GPA + 4, 4, 0), 0);
 
 	TEST_ASSERT_EQ(reg(c, PIO_PORT, 2, 1), 0);
-	TEST_ASSERT(!guest_write(c, 1, PIO_PORT + 1, 2, 10), "a PIO write past the zone was coalesced");
+	TEST_ASSERT(!guest_write(c, 1, PIO_PORT + 1, 2, 10),
+		    "a PIO write past the zone was coalesced");
 	TEST_ASSERT(!guest_write(c, 1, PIO_PORT, 4, 11), "a PIO write past the zone was coalesced");
 	TEST_ASSERT(guest_write(c, 1, PIO_PORT, 2, 12), "a PIO write inside the zone was not");
 	TEST_ASSERT_EQ(unreg(c, PIO_PORT, 2, 1), 0);
@@ -328,7 +347,8 @@ static void test_register_edges(struct ctx *c)
 	TEST_ASSERT(ret == -ENOSPC, "register %d on a full PIO bus returned %d, wanted -ENOSPC",
 		    n, ret);
 	TEST_ASSERT(n > 0 && n <= NR_IOBUS_DEVS, "%d zones fit on the PIO bus", n);
-	TEST_ASSERT(guest_write(c, 1, 0x4000, 1, 15), "write to the filled bus's zones not coalesced");
+	TEST_ASSERT(guest_write(c, 1, 0x4000, 1, 15),
+		    "write to the filled bus's zones not coalesced");
 	/* One unregister inside them all removes every one, and the bus takes zones again. */
 	TEST_ASSERT_EQ(unreg(c, 0x4002, 2, 1), 0);
 	TEST_ASSERT(!guest_write(c, 1, 0x4000, 1, 16), "zones left after unregistering them all");

@@ -37,10 +37,10 @@
 
 #define MMIO_GPA	(4ull * SZ_1G)	/* no memslot here: identity-mapped MMIO */
 #define MMIO_PAGES	2
-#define MMIO_HOT	256		/* most addresses fall in the first bytes of the window */
+#define MMIO_HOT	256		/* most addresses fall in the window's first bytes */
 #define PIO_BASE	0x60		/* clear of the in-kernel PIC (0x20, 0xa0, 0x4d0) */
 #define PIO_SPAN	0x40
-#define SYNC_PORT	0xf0f0		/* an IN from here ends a batch; reads are never coalesced */
+#define SYNC_PORT	0xf0f0		/* an IN from here ends a batch; never coalesced */
 #define BATCH		64
 #define MAX_LIVE	128		/* zones the host keeps track of */
 #define PHASE_OPS	1000		/* operation weights are redrawn every PHASE_OPS */
@@ -69,10 +69,18 @@ static void guest_out(uint16_t port, uint64_t val, uint32_t len)
 static void guest_mmio(uint64_t addr, uint64_t val, uint32_t len)
 {
 	switch (len) {
-	case 1: WRITE_ONCE(*(uint8_t *)addr, val); break;
-	case 2: WRITE_ONCE(*(uint16_t *)addr, val); break;
-	case 4: WRITE_ONCE(*(uint32_t *)addr, val); break;
-	default: WRITE_ONCE(*(uint64_t *)addr, val); break;
+	case 1:
+		WRITE_ONCE(*(uint8_t *)addr, val);
+		break;
+	case 2:
+		WRITE_ONCE(*(uint16_t *)addr, val);
+		break;
+	case 4:
+		WRITE_ONCE(*(uint32_t *)addr, val);
+		break;
+	default:
+		WRITE_ONCE(*(uint64_t *)addr, val);
+		break;
 	}
 }
 
@@ -161,7 +169,7 @@ static void vtrace(struct kvm_coalesced_mmio_ring *ring, const char *fmt, va_lis
 		fwrite(line, 1, n, trace_file);
 }
 
-static void __attribute__((format(printf, 1, 2))) trace(const char *fmt, ...)
+static void __printf(1, 2) trace(const char *fmt, ...)
 {
 	va_list ap;
 
@@ -171,7 +179,7 @@ static void __attribute__((format(printf, 1, 2))) trace(const char *fmt, ...)
 }
 
 /* An event that follows a KVM_RUN: the ring indices and contents are part of the result. */
-static void __attribute__((format(printf, 2, 3)))
+static void __printf(2, 3)
 trace_ring(struct kvm_coalesced_mmio_ring *ring, const char *fmt, ...)
 {
 	va_list ap;
@@ -279,7 +287,8 @@ static void run_batch(struct fuzz *f)
 		if (run->exit_reason == KVM_EXIT_IO && run->io.direction == KVM_EXIT_IO_OUT &&
 		    run->io.count == 1 && run->io.size <= 4) {
 			memcpy(&data, (uint8_t *)run + run->io.data_offset, run->io.size);
-			trace_ring(f->ring, "exit io 0x%x %u 0x%" PRIx64, run->io.port, run->io.size, data);
+			trace_ring(f->ring, "exit io 0x%x %u 0x%" PRIx64, run->io.port,
+				   run->io.size, data);
 			next = match_exit(f, next, true, run->io.port, run->io.size, data);
 		} else if (run->exit_reason == KVM_EXIT_MMIO && run->mmio.is_write &&
 			   run->mmio.len <= 8) {
@@ -473,16 +482,17 @@ static void op_drain(struct fuzz *f)
 		uint64_t data = 0;
 
 		memcpy(&data, e->data, e->len <= 8 ? e->len : 8);
-		trace("entry %u: %u 0x%llx %u 0x%" PRIx64, first, e->pio, e->phys_addr, e->len, data);
+		trace("entry %u: %u 0x%llx %u 0x%" PRIx64, first, e->pio, e->phys_addr, e->len,
+		      data);
 		if (f->tracked) {
 			struct guest_write *w = &f->expected[n];
 
-			FUZZ_ASSERT(f, n < f->nr_expected, "ring entry %u: more entries than writes",
-				    first);
+			FUZZ_ASSERT(f, n < f->nr_expected,
+				    "ring entry %u: more entries than writes", first);
 			FUZZ_ASSERT(f, e->pio == w->pio && e->phys_addr == w->addr &&
 				    e->len == w->len && data == write_data(w),
-				    "ring entry %u is %s 0x%llx len %u data 0x%" PRIx64 ", wanted "
-				    "%s 0x%" PRIx64 " len %u data 0x%" PRIx64, first,
+				    "ring entry %u is %s 0x%llx len %u data 0x%" PRIx64
+				    ", wanted %s 0x%" PRIx64 " len %u data 0x%" PRIx64, first,
 				    e->pio ? "PIO" : "MMIO", e->phys_addr, e->len, data,
 				    w->pio ? "PIO" : "MMIO", w->addr, w->len, write_data(w));
 		}
@@ -597,18 +607,30 @@ int main(int argc, char *argv[])
 		if (op != OP_WRITE)
 			flush(&f);
 		switch (op) {
-		case OP_WRITE: op_write(&f); break;
+		case OP_WRITE:
+			op_write(&f);
+			break;
 		case OP_REGISTER:
 			if (f.nr_live < MAX_LIVE)
 				op_register(&f);
 			else
 				op_unregister(&f);
 			break;
-		case OP_UNREGISTER: op_unregister(&f); break;
-		case OP_DRAIN: op_drain(&f); break;
-		case OP_CORRUPT: op_corrupt(&f); break;
-		case OP_RESET: op_reset(&f); break;
-		case OP_NEW_VM: new_vm(&f); break;
+		case OP_UNREGISTER:
+			op_unregister(&f);
+			break;
+		case OP_DRAIN:
+			op_drain(&f);
+			break;
+		case OP_CORRUPT:
+			op_corrupt(&f);
+			break;
+		case OP_RESET:
+			op_reset(&f);
+			break;
+		case OP_NEW_VM:
+			new_vm(&f);
+			break;
 		}
 	}
 	flush(&f);
@@ -618,13 +640,15 @@ int main(int argc, char *argv[])
 	if (trace_file)
 		TEST_ASSERT(!fclose(trace_file), "writing the trace failed");
 
-	printf("coalesced_io_fuzz: seed %" PRIu64 ": %" PRIu64 " operations: %" PRIu64
-	       " guest writes in %" PRIu64 " runs (%" PRIu64 " coalesced, %" PRIu64
-	       " exited; %" PRIu64 " ring entries read, %" PRIu64 " of them checked against the"
-	       " writes), %" PRIu64 " registers (%" PRIu64 " accepted), %" PRIu64 " unregisters, %"
-	       PRIu64 " hostile zones, %" PRIu64 " index corruptions, %" PRIu64 " VMs\n",
-	       f.seed, stats.ops, stats.writes, stats.batches, stats.writes - stats.exits,
-	       stats.exits, stats.drained, stats.checked, stats.reg, stats.reg_ok, stats.unreg,
+	/* One line, printed in parts. */
+	printf("coalesced_io_fuzz: seed %" PRIu64 ": %" PRIu64 " operations: ", f.seed, stats.ops);
+	printf("%" PRIu64 " guest writes in %" PRIu64 " runs (%" PRIu64 " coalesced, ",
+	       stats.writes, stats.batches, stats.writes - stats.exits);
+	printf("%" PRIu64 " exited; %" PRIu64 " ring entries read, ", stats.exits, stats.drained);
+	printf("%" PRIu64 " of them checked against the writes), ", stats.checked);
+	printf("%" PRIu64 " registers (%" PRIu64 " accepted), %" PRIu64 " unregisters, ",
+	       stats.reg, stats.reg_ok, stats.unreg);
+	printf("%" PRIu64 " hostile zones, %" PRIu64 " index corruptions, %" PRIu64 " VMs\n",
 	       stats.bad_zones, stats.corruptions, stats.vms);
 	printf("coalesced_io_fuzz: trace digest %016" PRIx64 "\n", digest);
 	return 0;
