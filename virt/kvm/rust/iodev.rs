@@ -177,11 +177,8 @@ impl<T: IoDeviceOps> OpsTable<T> {
         len: c_int,
         val: *const c_void,
     ) -> c_int {
-        // A negative length is outside every range, as the C device would say, and a length past
-        // `MAX_ACCESS` is refused as the device asks; one unsigned compare tests both.
-        let len = match usize::try_from(len) {
-            Ok(len) if len <= T::MAX_ACCESS => len,
-            _ => return EOPNOTSUPP.to_errno(),
+        let Some(len) = access_len::<T>(len) else {
+            return EOPNOTSUPP.to_errno();
         };
         // SAFETY: `dev` is the first field of `Header`, which is the first field of the `repr(C)`
         // `IoDevice<T>`, so `this` points to the device; the caller guarantees it is alive.
@@ -203,9 +200,8 @@ impl<T: IoDeviceOps> OpsTable<T> {
         len: c_int,
         val: *mut c_void,
     ) -> c_int {
-        let len = match usize::try_from(len) {
-            Ok(len) if len <= T::MAX_ACCESS => len,
-            _ => return EOPNOTSUPP.to_errno(),
+        let Some(len) = access_len::<T>(len) else {
+            return EOPNOTSUPP.to_errno();
         };
         // SAFETY: as in `write_callback`.
         let dev = unsafe { &*this.cast::<IoDevice<T>>() };
@@ -241,6 +237,17 @@ impl<T: IoDeviceOps> NewIoDevice<'_, T> {
         let raw = unsafe { Opaque::cast_into(&raw const (*dev).header.dev) };
         (dev, raw)
     }
+}
+
+/// The length of an access KVM passes to a device of type `T`, as a slice length.
+///
+/// `None` for a negative length, which is outside every range (the C devices say the same), and
+/// for one past `T::MAX_ACCESS`, which the device refuses; one unsigned compare tests both.
+#[inline(always)]
+fn access_len<T: IoDeviceOps>(len: c_int) -> Option<usize> {
+    usize::try_from(len)
+        .ok()
+        .filter(|&len| len <= T::MAX_ACCESS)
 }
 
 /// The C return value of a device operation: 0 or a negative errno.
