@@ -20,6 +20,8 @@
 
 #include "ucall_common.h"
 
+#include "coalesced_io_guest.h"
+
 #define MMIO_GPA	(4ull * SZ_1G)	/* no memslot here: identity-mapped MMIO */
 #define PIO_PORT	0x80
 #define NR_IOBUS_DEVS	1000
@@ -35,34 +37,6 @@ struct guest_cmd {
 };
 
 static struct guest_cmd cmd;
-
-static void guest_out(uint16_t port, uint64_t val, uint32_t len)
-{
-	if (len == 1)
-		__asm__ __volatile__("outb %%al, %%dx" : : "a"((uint8_t)val), "d"(port));
-	else if (len == 2)
-		__asm__ __volatile__("outw %%ax, %%dx" : : "a"((uint16_t)val), "d"(port));
-	else
-		__asm__ __volatile__("outl %%eax, %%dx" : : "a"((uint32_t)val), "d"(port));
-}
-
-static void guest_mmio(uint64_t addr, uint64_t val, uint32_t len)
-{
-	switch (len) {
-	case 1:
-		WRITE_ONCE(*(uint8_t *)addr, val);
-		break;
-	case 2:
-		WRITE_ONCE(*(uint16_t *)addr, val);
-		break;
-	case 4:
-		WRITE_ONCE(*(uint32_t *)addr, val);
-		break;
-	default:
-		WRITE_ONCE(*(uint64_t *)addr, val);
-		break;
-	}
-}
 
 static void guest_code(void)
 {

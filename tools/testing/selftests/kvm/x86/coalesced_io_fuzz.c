@@ -35,6 +35,8 @@
 #include <kvm_util.h>
 #include <processor.h>
 
+#include "coalesced_io_guest.h"
+
 #define MMIO_GPA	(4ull * SZ_1G)	/* no memslot here: identity-mapped MMIO */
 #define MMIO_PAGES	2
 #define MMIO_HOT	256		/* most addresses fall in the window's first bytes */
@@ -55,34 +57,6 @@ struct guest_write {
 
 static struct guest_write batch[BATCH];
 static uint32_t batch_len;
-
-static void guest_out(uint16_t port, uint64_t val, uint32_t len)
-{
-	if (len == 1)
-		__asm__ __volatile__("outb %%al, %%dx" : : "a"((uint8_t)val), "d"(port));
-	else if (len == 2)
-		__asm__ __volatile__("outw %%ax, %%dx" : : "a"((uint16_t)val), "d"(port));
-	else
-		__asm__ __volatile__("outl %%eax, %%dx" : : "a"((uint32_t)val), "d"(port));
-}
-
-static void guest_mmio(uint64_t addr, uint64_t val, uint32_t len)
-{
-	switch (len) {
-	case 1:
-		WRITE_ONCE(*(uint8_t *)addr, val);
-		break;
-	case 2:
-		WRITE_ONCE(*(uint16_t *)addr, val);
-		break;
-	case 4:
-		WRITE_ONCE(*(uint32_t *)addr, val);
-		break;
-	default:
-		WRITE_ONCE(*(uint64_t *)addr, val);
-		break;
-	}
-}
 
 /* No ucalls: a PIO zone may cover the ucall port, and an OUT there would be coalesced. */
 static void guest_code(void)
