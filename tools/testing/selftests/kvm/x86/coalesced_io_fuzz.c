@@ -379,14 +379,22 @@ static int zone_ioctl(struct fuzz *f, unsigned long nr, const struct zone *z)
 	return ioctl(f->vm->fd, nr, &zone) ? -errno : 0;
 }
 
-static void op_register(struct fuzz *f)
+/* A random zone: its bus first, then an address on that bus, then a size. */
+static struct zone pick_zone(void)
 {
 	struct zone z;
-	int ret;
 
 	z.pio = pick_pio();
 	z.addr = pick_addr(z.pio);
 	z.size = pick_size();
+	return z;
+}
+
+static void op_register(struct fuzz *f)
+{
+	struct zone z = pick_zone();
+	int ret;
+
 	ret = zone_ioctl(f, KVM_REGISTER_COALESCED_MMIO, &z);
 	trace("reg 0x%" PRIx64 " 0x%x %u = %d", z.addr, z.size, z.pio, ret);
 	stats.reg++;
@@ -428,9 +436,7 @@ static void op_unregister(struct fuzz *f)
 				req.addr--;
 		}
 	} else {
-		req.pio = pick_pio();
-		req.addr = pick_addr(req.pio);
-		req.size = pick_size();
+		req = pick_zone();
 	}
 	ret = zone_ioctl(f, KVM_UNREGISTER_COALESCED_MMIO, &req);
 	trace("unreg 0x%" PRIx64 " 0x%x %u = %d", req.addr, req.size, req.pio, ret);
