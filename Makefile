@@ -1,5 +1,5 @@
 # One entry point. `make demo` and `make check` do all their own set-up (as root on Debian 12).
-.PHONY: demo bench check check-debug fuzz selftests-full setup kernel selftests host-test lint codegen patches clean-build clean-cache
+.PHONY: demo bench check check-debug fuzz selftests-full setup kernel module selftests host-test lint codegen patches clean-build clean-cache
 
 # perf kvm stat on RTC port 0x70: no coalescing, stock C kvm.ko, Rust kvm.ko, in one boot.
 demo:
@@ -29,6 +29,11 @@ setup:
 
 kernel: setup
 	@scripts/build-kernel
+
+# Our kvm.ko built out of tree (the top-level Kbuild) for Debian's own Rust-enabled 7.2 kernel, or
+# for the prepared kernel tree KDIR names.
+module: setup
+	@scripts/build-module
 
 selftests: kernel
 	@scripts/build-selftests

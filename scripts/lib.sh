@@ -31,6 +31,14 @@ ROOT=$CACHE/root/$(printf '%s\n' "$ROOT_SUITE" "${ROOT_PACKAGES[@]}" | sha256sum
 # shellcheck disable=SC2034
 LLVM_SUFFIX=-22
 
+# Debian's own Rust-enabled kernel, the target of the out-of-tree kvm.ko (scripts/debian-kernel):
+# its package version must be the build root's linux-source-7.2 version.
+# shellcheck disable=SC2034
+DEBIAN_KERNEL=${KVMRS_DEBIAN_KERNEL:-7.2.13+deb14-amd64}
+
+# What `make module` built for Debian's kernel last: the paths vm-run --kernel debian boots with.
+export CURRENT_DEBIAN=$CACHE/current-debian
+
 T0=${T0:-$(date +%s)}
 export T0
 

@@ -20,7 +20,7 @@ mod kvm;
 
 use coalesced_mmio_logic::{access_inside, next_insert, zone_contains};
 use kernel::{
-    error::{code::EOPNOTSUPP, from_result},
+    error::from_result,
     ffi::c_int,
     prelude::*,
     static_lock_class,
@@ -29,7 +29,7 @@ use kvm::{
     bindings,
     coalesced::{self, Zone, ENTRY_DATA, RING_ENTRIES},
     iodev::{IoDevice, IoDeviceOps, IoRange},
-    Bus, Vm,
+    eopnotsupp, Bus, Vm,
 };
 
 /// The device behind a registered zone; its range and VM live in the [`IoDevice`] around it.
@@ -65,7 +65,7 @@ impl IoDeviceOps for CoalescedZone {
     fn write(dev: &IoDevice<Self>, addr: u64, data: &[u8]) -> Result {
         let zone = dev.range();
         if !access_inside(zone.addr, zone.size, addr, data.len()) {
-            return Err(EOPNOTSUPP);
+            return Err(eopnotsupp());
         }
 
         let mut ring = dev.vm().lock_coalesced_ring();
@@ -73,13 +73,13 @@ impl IoDeviceOps for CoalescedZone {
         // checked snapshot of `last` is used as an index (CVE-2019-14821).
         let last = ring.last();
         let Some(insert) = next_insert(ring.first(), last, RING_ENTRIES) else {
-            return Err(EOPNOTSUPP);
+            return Err(eopnotsupp());
         };
 
         // Copy the data in the first free entry of the ring, then move `last`; publishing
         // issues smp_wmb() first, so the VMM never sees `last` ahead of the entry.
         ring.fill(insert.slot, addr, data, pio_flag(zone.bus))
-            .map_err(|_| EOPNOTSUPP)?;
+            .map_err(|_| eopnotsupp())?;
         ring.publish_last(insert.next_last);
         Ok(())
     }

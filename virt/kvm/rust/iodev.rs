@@ -8,12 +8,12 @@
 //! its operations from vCPU threads, and calls its destructor exactly once, when the device is
 //! unregistered or the VM is destroyed; the destructor drops the box.
 
-use super::{bindings, Bus, Vm};
+use super::{bindings, eopnotsupp, Bus, Vm};
 use core::{marker::PhantomData, ptr::NonNull};
 use kernel::{
     alloc::{flags::GFP_KERNEL_ACCOUNT, KBox},
     build_error,
-    error::{code::EOPNOTSUPP, VTABLE_DEFAULT_ERROR},
+    error::VTABLE_DEFAULT_ERROR,
     ffi::{c_int, c_void},
     prelude::*,
     types::Opaque,
@@ -37,12 +37,12 @@ pub(crate) struct IoRange {
 #[vtable]
 pub(crate) trait IoDeviceOps: Sized + Send + Sync {
     /// The longest access, in bytes, the device handles. A longer one is refused with
-    /// [`EOPNOTSUPP`] without calling the device, which KVM treats like the device's own refusal.
+    /// [`EOPNOTSUPP`](eopnotsupp) without calling the device, which KVM treats like the device's own refusal.
     const MAX_ACCESS: usize = usize::MAX;
 
     /// Handles a guest write of `data` at `addr`.
     ///
-    /// An error (KVM expects [`EOPNOTSUPP`]) hands the write on to the next device on the bus
+    /// An error (KVM expects [`EOPNOTSUPP`](eopnotsupp)) hands the write on to the next device on the bus
     /// and, if no device takes it, to userspace as an ordinary MMIO or PIO exit.
     fn write(_dev: &IoDevice<Self>, _addr: u64, _data: &[u8]) -> Result {
         build_error!(VTABLE_DEFAULT_ERROR)
@@ -178,7 +178,7 @@ impl<T: IoDeviceOps> OpsTable<T> {
         val: *const c_void,
     ) -> c_int {
         let Some(len) = access_len::<T>(len) else {
-            return EOPNOTSUPP.to_errno();
+            return eopnotsupp().to_errno();
         };
         // SAFETY: `dev` is the first field of `Header`, which is the first field of the `repr(C)`
         // `IoDevice<T>`, so `this` points to the device; the caller guarantees it is alive.
@@ -201,7 +201,7 @@ impl<T: IoDeviceOps> OpsTable<T> {
         val: *mut c_void,
     ) -> c_int {
         let Some(len) = access_len::<T>(len) else {
-            return EOPNOTSUPP.to_errno();
+            return eopnotsupp().to_errno();
         };
         // SAFETY: as in `write_callback`.
         let dev = unsafe { &*this.cast::<IoDevice<T>>() };

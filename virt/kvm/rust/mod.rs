@@ -12,14 +12,38 @@
 pub(crate) mod coalesced;
 pub(crate) mod iodev;
 
-/// The C declarations this module uses: the kernel crate's bindings, which our patch extends with
-/// `<linux/kvm_host.h>` and `<kvm/iodev.h>`.
+/// The C declarations this module uses: in tree, the kernel crate's bindings, which our patch
+/// extends with `<linux/kvm_host.h>` and `<kvm/iodev.h>`.
+#[cfg(not(kvm_out_of_tree))]
 pub(crate) use kernel::bindings;
 
+/// The C declarations this module uses: out of tree, the kernel crate's bindings and KVM's,
+/// generated for the target kernel by the top-level `Kbuild`.
+#[cfg(kvm_out_of_tree)]
+pub(crate) mod bindings;
+
 use kernel::{
+    prelude::*,
     sync::{Mutex, MutexGuard},
     types::Opaque,
 };
+
+/// `EOPNOTSUPP`: what a device on a KVM bus answers for an access it does not take, which KVM
+/// then offers to the next device or turns into an exit to userspace.
+///
+/// In tree it is the kernel crate's own constant, which our patch adds; the kernel crate of a
+/// distribution's 7.2 kernel has none, so out of tree it is made from the errno.
+#[inline]
+pub(crate) fn eopnotsupp() -> Error {
+    #[cfg(not(kvm_out_of_tree))]
+    {
+        kernel::error::code::EOPNOTSUPP
+    }
+    #[cfg(kvm_out_of_tree)]
+    {
+        Error::from_errno(-(bindings::EOPNOTSUPP as kernel::ffi::c_int))
+    }
+}
 
 /// One of KVM's I/O buses, on which in-kernel devices claim guest accesses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
