@@ -32,7 +32,7 @@ kernel: setup
 
 # Our kvm.ko built out of tree (the top-level Kbuild) for Debian's own Rust-enabled 7.2 kernel, or
 # for the prepared kernel tree KDIR names.
-module: setup
+module:
 	@scripts/build-module
 
 selftests: kernel

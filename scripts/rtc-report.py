@@ -21,8 +21,12 @@ PERF_ROW = re.compile(
     r"(?P<port>0x[0-9a-f]+):(?P<dir>PIN|POUT)\s+(?P<samples>\d+)\s+(?P<samples_pct>[\d.]+)%\s+"
     r"(?P<time_pct>[\d.]+)%\s+(?P<min>[\d.]+)us\s+(?P<max>[\d.]+)us\s+(?P<avg>[\d.]+)us"
 )
-LABELS = {"none": "no coalescing (C kvm.ko)", "c": "coalesced PIO, C kvm.ko",
-          "rust": "coalesced PIO, Rust kvm.ko"}
+
+
+def labels_for(c_name):
+    """Row names; C_NAME is the C kvm.ko of the boot (ours built stock, or Debian's shipped one)."""
+    return {"none": f"no coalescing ({c_name})", "c": f"coalesced PIO, {c_name}",
+            "rust": "coalesced PIO, Rust kvm.ko"}
 
 
 def parse(log):
@@ -53,7 +57,9 @@ def main():
     ap.add_argument("--title", default="")
     ap.add_argument("--history")
     ap.add_argument("--meta", default="{}", help="JSON object merged into the record")
+    ap.add_argument("--c-name", default="C kvm.ko", help="what the C kvm.ko of this boot is")
     args = ap.parse_args()
+    labels_names = labels_for(args.c_name)
     out = Path(args.outdir)
     out.mkdir(parents=True, exist_ok=True)
     runs, perf, failures = parse(args.log)
@@ -108,16 +114,16 @@ def main():
 
     base = summary.get("none", {}).get("median_avg_0x70_us")
     c_med = summary.get("c", {}).get("median_avg_0x70_us")
-    table = [f"{'variant':28} {'userspace':>10} {'0x70 to':>8} {'0x70 VM':>8} "
+    table = [f"{'variant':34} {'userspace':>10} {'0x70 to':>8} {'0x70 VM':>8} "
              f"{'0x70 avg exit, us':>18} {'spread':>12} {'none/this':>9} {'Rust/C':>7}",
-             f"{'':28} {'exits':>10} {'user':>8} {'exits':>8} {'(median of runs)':>18} "
+             f"{'':34} {'exits':>10} {'user':>8} {'exits':>8} {'(median of runs)':>18} "
              f"{'(min-max)':>12}"]
     for label in labels:
         s = summary[label]
         med = s["median_avg_0x70_us"]
         ratio = f"{base / med:.2f}x" if base and med else "-"
         rust_c = f"{med / c_med:.3f}" if label == "rust" and med and c_med else ""
-        table.append(f"{LABELS.get(label, label):28} {s['userspace_exits']:>10.0f} "
+        table.append(f"{labels_names.get(label, label):34} {s['userspace_exits']:>10.0f} "
                      f"{s['userspace_0x70_exits']:>8} {s['vm_exits_0x70']:>8.0f} "
                      f"{(f'{med:.2f}' if med else '-'):>18} {spread(s['avg_0x70_us']):>12} "
                      f"{ratio:>9} {rust_c:>7}")
@@ -153,7 +159,7 @@ def main():
         return 1
     fig, ax = plt.subplots(figsize=(7, 4))
     data = [summary[label]["avg_0x70_us"] for label in labels]
-    ax.boxplot(data, labels=[LABELS.get(label, label) for label in labels])
+    ax.boxplot(data, labels=[labels_names.get(label, label) for label in labels])
     for i, values in enumerate(data, start=1):
         ax.scatter([i] * len(values), values, s=14, alpha=0.7)
     ax.set_ylabel("average 0x70:POUT exit time per run (us)")
