@@ -4,50 +4,43 @@
 //!
 //! A distribution's kernel crate has no KVM bindings (in tree, our patch adds them to the
 //! kernel's own). The top-level `Kbuild` generates them from `bindings_helper.h` with the target
-//! kernel's own bindgen command; everything else comes from the kernel crate's bindings, which the
-//! generated items shadow where both have one. The types our Rust hands to the kernel crate
+//! kernel's own bindgen command; everything else comes from the kernel crate's bindings. The
+//! generated items are defined here, so they take precedence over the kernel crate's glob import
+//! wherever a kernel's bindings have KVM's too. The types our Rust hands to the kernel crate
 //! (`mutex`, `spinlock_t`, `list_head`) are not generated, so they are the kernel crate's own
 //! and `Lock::from_raw` and friends accept pointers to them.
 
+// What the kernel crate's bindings allow, on their generated code and on the crate.
 #![allow(
     clippy::all,
+    clippy::as_underscore,
+    clippy::cast_lossless,
+    clippy::ptr_as_ptr,
+    clippy::ref_as_ptr,
+    clippy::undocumented_unsafe_blocks,
     dead_code,
     missing_docs,
     non_camel_case_types,
     non_upper_case_globals,
     non_snake_case,
     improper_ctypes,
+    unnecessary_transmutes,
     unreachable_pub,
     unsafe_op_in_unsafe_fn
 )]
 
 pub(crate) use kernel::bindings::*;
+use kernel::ffi;
+use pin_init::{MaybeZeroable, Zeroable};
 
-// The lints the kernel crate's bindings allow on their generated code too.
-#[allow(
-    clippy::as_underscore,
-    clippy::cast_lossless,
-    clippy::ptr_as_ptr,
-    clippy::ref_as_ptr,
-    clippy::undocumented_unsafe_blocks,
-    unnecessary_transmutes
-)]
-mod generated {
-    use kernel::bindings::*;
-    use kernel::ffi;
-    use pin_init::{MaybeZeroable, Zeroable};
+// What the kernel crate's bindings define by hand for the types the kernel's bindgen parameters
+// blocklist.
+type __kernel_size_t = usize;
+type __kernel_ssize_t = isize;
+type __kernel_ptrdiff_t = isize;
 
-    // What the kernel crate's bindings define by hand for the types the kernel's bindgen
-    // parameters blocklist.
-    type __kernel_size_t = usize;
-    type __kernel_ssize_t = isize;
-    type __kernel_ptrdiff_t = isize;
+// SAFETY: `__BindgenBitfieldUnit<Storage>` is a newtype around `Storage`, as in the kernel crate's
+// bindings.
+unsafe impl<Storage> Zeroable for __BindgenBitfieldUnit<Storage> where Storage: Zeroable {}
 
-    // SAFETY: `__BindgenBitfieldUnit<Storage>` is a newtype around `Storage`, as in the kernel
-    // crate's bindings.
-    unsafe impl<Storage> Zeroable for __BindgenBitfieldUnit<Storage> where Storage: Zeroable {}
-
-    include!("bindings_generated.rs");
-}
-
-pub(crate) use generated::*;
+include!("bindings_generated.rs");
