@@ -19,17 +19,13 @@ mod coalesced_mmio_logic;
 mod kvm;
 
 use coalesced_mmio_logic::{access_inside, next_insert, zone_contains};
-use kernel::{
-    error::from_result,
-    ffi::c_int,
-    prelude::*,
-    static_lock_class,
-};
+use kernel::{error::from_result, ffi::c_int, prelude::*, static_lock_class};
 use kvm::{
     bindings,
     coalesced::{self, Zone, ENTRY_DATA, RING_ENTRIES},
+    eopnotsupp,
     iodev::{IoDevice, IoDeviceOps, IoRange},
-    eopnotsupp, Bus, Vm,
+    Bus, Vm,
 };
 
 /// The device behind a registered zone; its range and VM live in the [`IoDevice`] around it.
