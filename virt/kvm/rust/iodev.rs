@@ -37,13 +37,14 @@ pub(crate) struct IoRange {
 #[vtable]
 pub(crate) trait IoDeviceOps: Sized + Send + Sync {
     /// The longest access, in bytes, the device handles. A longer one is refused with
-    /// [`EOPNOTSUPP`](eopnotsupp) without calling the device, which KVM treats like the device's own refusal.
+    /// [`EOPNOTSUPP`](eopnotsupp) without calling the device, which KVM treats like the device's
+    /// own refusal.
     const MAX_ACCESS: usize = usize::MAX;
 
     /// Handles a guest write of `data` at `addr`.
     ///
-    /// An error (KVM expects [`EOPNOTSUPP`](eopnotsupp)) hands the write on to the next device on the bus
-    /// and, if no device takes it, to userspace as an ordinary MMIO or PIO exit.
+    /// An error (KVM expects [`EOPNOTSUPP`](eopnotsupp)) hands the write on to the next device on
+    /// the bus and, if no device takes it, to userspace as an ordinary MMIO or PIO exit.
     fn write(_dev: &IoDevice<Self>, _addr: u64, _data: &[u8]) -> Result {
         build_error!(VTABLE_DEFAULT_ERROR)
     }
