@@ -72,6 +72,30 @@ pub(crate) fn next_insert(first: u32, last: u32, max: u32) -> Option<Insert> {
     })
 }
 
+/// How many entries a coalesced MMIO buffer's ring has when its first mapping is `len` bytes
+/// long, or `None` when that length is refused: it must be 1 to `max_pages` whole pages of
+/// `page_size` bytes. A ring is a `header`-byte header and `entry`-byte entries, as many as fit.
+///
+/// `len` comes from userspace (the length of an `mmap()`), so this cannot overflow or divide by
+/// zero whatever the arguments.
+pub(crate) fn buffer_ring_entries(
+    len: usize,
+    page_size: usize,
+    max_pages: usize,
+    header: usize,
+    entry: usize,
+) -> Option<u32> {
+    if page_size == 0 || len == 0 || len % page_size != 0 || len / page_size > max_pages {
+        return None;
+    }
+    let entries = len.checked_sub(header)?.checked_div(entry)?;
+    // A ring with a single entry could never hold anything: one entry always stays free.
+    if entries < 2 {
+        return None;
+    }
+    u32::try_from(entries).ok()
+}
+
 /// The edges of the range check and of the ring's slot and full test: run by `cargo test` on the
 /// host (`tests/host`, which adds properties against a transcription of the C) and by KUnit in
 /// the kernel when `kvm.ko` is loaded. KUnit's `assert!` takes no message, hence none here.
@@ -224,6 +248,23 @@ mod tests {
             }
             assert_eq!(next_insert(first, last, MAX), None);
         }
+    }
+
+    #[test]
+    fn buffer_sizes() {
+        let entries = |len| buffer_ring_entries(len, 4096, 64, 8, 24);
+        // One page holds what the VM's ring holds; 2 and 64 pages hold proportionally more.
+        assert_eq!(entries(4096), Some(MAX));
+        assert_eq!(entries(2 * 4096), Some(341));
+        assert_eq!(entries(64 * 4096), Some(10922));
+        for refused in [0, 1, 4095, 4097, 65 * 4096, usize::MAX, usize::MAX - 4095] {
+            assert_eq!(entries(refused), None);
+        }
+        // Degenerate parameters are refused, never a panic.
+        assert_eq!(buffer_ring_entries(4096, 0, 64, 8, 24), None);
+        assert_eq!(buffer_ring_entries(4096, 4096, 64, 8, 0), None);
+        assert_eq!(buffer_ring_entries(4096, 4096, 64, 4096, 24), None);
+        assert_eq!(buffer_ring_entries(16, 16, 64, 8, 24), None);
     }
 
     #[test]

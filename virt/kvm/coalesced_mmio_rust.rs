@@ -11,10 +11,20 @@
 //! `unsafe` code here. Locking, as in C: `kvm->slots_lock` guards the zone list and the buses,
 //! `kvm->ring_lock` serialises the vCPUs that append to the ring.
 //!
+//! Beyond C, zones can write to rings of their own, coalesced MMIO buffers: see
+//! `coalesced_mmio_buffer.rs`.
+//!
 //! The abstractions over `struct kvm` and its buses live beside this file, in `rust/`, and
 //! are compiled into `kvm.ko` with it.
 
+mod coalesced_mmio_buffer;
 mod coalesced_mmio_logic;
+
+// The buffers' entry points, which kvm_main.c calls like the four below.
+pub use coalesced_mmio_buffer::{
+    kvm_vm_ioctl_create_coalesced_mmio_buffer, kvm_vm_ioctl_register_coalesced_mmio2,
+    kvm_vm_ioctl_unregister_coalesced_mmio2,
+};
 #[path = "rust/mod.rs"]
 mod kvm;
 
@@ -22,7 +32,7 @@ use coalesced_mmio_logic::{access_inside, next_insert, zone_contains};
 use kernel::{error::from_result, ffi::c_int, prelude::*, static_lock_class};
 use kvm::{
     bindings,
-    coalesced::{self, Zone, ENTRY_DATA, RING_ENTRIES},
+    coalesced::{self, RingGuard, Zone, ENTRY_DATA, RING_ENTRIES, VM_RING},
     eopnotsupp,
     iodev::{IoDevice, IoDeviceOps, IoRange},
     Bus, Vm,
@@ -64,21 +74,33 @@ impl IoDeviceOps for CoalescedZone {
             return Err(eopnotsupp());
         }
 
-        let mut ring = dev.vm().lock_coalesced_ring();
-        // Each index is read once: userspace may rewrite both at any time, and only the
-        // checked snapshot of `last` is used as an index (CVE-2019-14821).
-        let last = ring.last();
-        let Some(insert) = next_insert(ring.first(), last, RING_ENTRIES) else {
-            return Err(eopnotsupp());
-        };
-
-        // Copy the data in the first free entry of the ring, then move `last`; publishing
-        // issues smp_wmb() first, so the VMM never sees `last` ahead of the entry.
-        ring.fill(insert.slot, addr, data, pio_flag(zone.bus))
-            .map_err(|_| eopnotsupp())?;
-        ring.publish_last(insert.next_last);
-        Ok(())
+        append(
+            &mut dev.vm().lock_coalesced_ring(),
+            RING_ENTRIES,
+            addr,
+            data,
+            pio_flag(zone.bus),
+        )
     }
+}
+
+/// Appends a write to a ring of `entries` entries whose lock `ring` holds; `EOPNOTSUPP` when it
+/// is full or userspace has corrupted `last`.
+#[inline(always)]
+fn append(ring: &mut RingGuard<'_>, entries: u32, addr: u64, data: &[u8], pio: u32) -> Result {
+    // Each index is read once: userspace may rewrite both at any time, and only the checked
+    // snapshot of `last` is used as an index (CVE-2019-14821).
+    let last = ring.last();
+    let Some(insert) = next_insert(ring.first(), last, entries) else {
+        return Err(eopnotsupp());
+    };
+
+    // Copy the data in the first free entry of the ring, then move `last`; publishing issues
+    // smp_wmb() first, so the VMM never sees `last` ahead of the entry.
+    ring.fill(insert.slot, addr, data, pio)
+        .map_err(|_| eopnotsupp())?;
+    ring.publish_last(insert.next_last);
+    Ok(())
 }
 
 /// The bus a zone goes on: its `pio` field must be 0 (MMIO) or 1 (PIO).
@@ -142,12 +164,12 @@ fn register_zone(vm: &Vm, zone: Zone) -> Result {
         addr: zone.addr,
         size: zone.size,
     };
-    let dev = IoDevice::<CoalescedZone>::alloc(vm, range)?;
+    let dev = IoDevice::alloc(vm, range, VM_RING, CoalescedZone)?;
     vm.lock_slots().register_coalesced_zone(dev)
 }
 
 /// `KVM_UNREGISTER_COALESCED_MMIO`: stops coalescing every zone of the same kind (MMIO or PIO)
-/// that contains the requested range.
+/// that contains the requested range and writes to the VM's ring.
 ///
 /// # Safety
 ///
@@ -163,12 +185,19 @@ pub unsafe extern "C" fn kvm_vm_ioctl_unregister_coalesced_mmio(
 }
 
 fn unregister_zones(vm: &Vm, request: Zone) -> Result {
+    unregister_ring_zones(vm, request, VM_RING)
+}
+
+/// Unregisters the zones of the same bus as `request` that contain its range and write to the
+/// ring `owner`.
+fn unregister_ring_zones(vm: &Vm, request: Zone, owner: usize) -> Result {
     let bus = zone_bus(&request)?;
     // The C passes the u32 size where an int is expected: 2^31 and above turn negative and
     // match no zone.
     let len = request.size as i32;
-    vm.lock_slots()
-        .unregister_coalesced_zones(|zone| zone.bus == bus && in_range(zone, request.addr, len));
+    vm.lock_slots().unregister_coalesced_zones(|zone, zone_owner| {
+        zone_owner == owner && zone.bus == bus && in_range(zone, request.addr, len)
+    });
     // Ignore the result of kvm_io_bus_unregister_dev(): from userspace's perspective, the
     // coalesced MMIO is most definitely unregistered.
     Ok(())

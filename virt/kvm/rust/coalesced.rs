@@ -5,17 +5,18 @@
 //! C headers: [`include/uapi/linux/kvm.h`](srctree/include/uapi/linux/kvm.h),
 //! [`include/linux/kvm_host.h`](srctree/include/linux/kvm_host.h)
 //!
-//! The ring page is mapped writable into the VMM, which may store anything into it at any moment.
-//! No Rust reference to it is ever formed. The two indices, which both sides write, are only
-//! accessed as [`Atomic`]s (`READ_ONCE`/`WRITE_ONCE` in C), and only a bounds-checked snapshot of
-//! `last` is used as an index; the entries are written under `kvm->ring_lock`, as in C.
+//! A ring (the VM's page, or a coalesced MMIO buffer's pages) is mapped writable into the VMM,
+//! which may store anything into it at any moment. No Rust reference to it is ever formed. The two
+//! indices, which both sides write, are only accessed as [`Atomic`]s (`READ_ONCE`/`WRITE_ONCE` in
+//! C), and only a bounds-checked snapshot of `last` is used as an index; the entries are written
+//! under the ring's lock (`kvm->ring_lock` for the VM's ring), as in C.
 
 use super::{
     bindings,
     iodev::{Header, IoDeviceOps, IoRange, NewIoDevice},
     SlotsGuard, Vm,
 };
-use core::{pin::Pin, ptr};
+use core::{marker::PhantomData, pin::Pin, ptr};
 use kernel::{
     error::{code::ENOMEM, to_result},
     prelude::*,
@@ -33,6 +34,14 @@ const _: () = assert!(bindings::KVM_COALESCED_MMIO_MAX <= u32::MAX as usize);
 
 /// Bytes of data one ring entry holds (`kvm_coalesced_mmio.data`).
 pub(crate) const ENTRY_DATA: usize = 8;
+
+/// Bytes of the ring's header (`first`, `last`) and of one entry: what sizes a ring.
+pub(crate) const RING_HEADER_BYTES: usize = core::mem::size_of::<bindings::kvm_coalesced_mmio_ring>();
+pub(crate) const RING_ENTRY_BYTES: usize = core::mem::size_of::<bindings::kvm_coalesced_mmio>();
+
+/// The owner of the VM's own ring, in [`IoRange`]-matching walks of the zone list: zones on a
+/// coalesced MMIO buffer carry the buffer's address instead.
+pub(crate) const VM_RING: usize = 0;
 
 /// A zone as userspace passes it to `KVM_(UN)REGISTER_COALESCED_MMIO`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -60,6 +69,36 @@ impl Zone {
             // SAFETY: `pad` and `pio` are the two `u32` members of one union (`pad` is the name
             // from before coalesced PIO), so reading `pio` reads those four bytes either way.
             pio: unsafe { zone.__bindgen_anon_1.pio },
+        }
+    }
+}
+
+/// A zone as userspace passes it to `KVM_(UN)REGISTER_COALESCED_MMIO2`: a [`Zone`] and the file
+/// descriptor of the coalesced MMIO buffer it writes to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct BufferZone {
+    pub(crate) zone: Zone,
+    /// Any value at all: userspace's word that it is a buffer's file descriptor.
+    pub(crate) buffer_fd: u32,
+}
+
+impl BufferZone {
+    /// Reads the zone that a VM ioctl copied from userspace.
+    ///
+    /// # Safety
+    ///
+    /// `ptr` must be valid for reading a `struct kvm_coalesced_mmio_zone2`.
+    pub(crate) unsafe fn read_raw(ptr: *const bindings::kvm_coalesced_mmio_zone2) -> Self {
+        // SAFETY: the caller guarantees `ptr` is valid for reads; the struct is plain data.
+        let zone = unsafe { ptr.read() };
+        BufferZone {
+            zone: Zone {
+                addr: zone.addr,
+                size: zone.size,
+                // SAFETY: as in `Zone::read_raw`.
+                pio: unsafe { zone.__bindgen_anon_1.pio },
+            },
+            buffer_fd: zone.buffer_fd,
         }
     }
 }
@@ -126,31 +165,47 @@ impl Vm {
         // SAFETY: by the type invariant of `Vm`, `init_vm` succeeded for this VM, so `ring_lock`
         // is initialised, and it lives as long as the VM.
         let ring_lock = unsafe { SpinLock::from_raw(&raw mut (*kvm).ring_lock) };
-        // INVARIANT: the lock is held, and `init_vm` installed the ring page, which lives as
-        // long as the VM.
-        RingGuard {
-            _guard: ring_lock.lock(),
-            // SAFETY: `kvm` is valid; the pointer field is written once, by `init_vm`.
-            ring: unsafe { (*kvm).coalesced_mmio_ring },
-        }
+        // SAFETY: `kvm` is valid; the pointer field is written once, by `init_vm`, which
+        // installed a ring page of `RING_ENTRIES` entries that lives as long as the VM.
+        let ring = unsafe { RingView::from_raw((*kvm).coalesced_mmio_ring, RING_ENTRIES) };
+        // SAFETY: `ring_lock` serialises the kernel's writers of the VM's ring.
+        unsafe { RingGuard::new(ring_lock.lock(), ring) }
     }
 }
 
-/// The VM's coalesced ring, with `ring_lock` held; the lock is released when it is dropped.
-///
-/// Userspace owns `first` and may write any field at any time; with the lock, this guard is the
-/// only kernel writer of the entries and of `last`.
+/// A ring of coalesced writes in memory that userspace maps: a header and `entries` entries.
 ///
 /// # Invariants
 ///
-/// `_guard` holds the VM's `ring_lock`, and `ring` is the VM's ring page: one page, alive as long
-/// as the VM, holding a header and [`RING_ENTRIES`] entries.
-pub(crate) struct RingGuard<'a> {
-    _guard: SpinLockGuard<'a, ()>,
+/// `ring` points to a `struct kvm_coalesced_mmio_ring` followed by `entries` entries, all valid
+/// for reads and writes for `'a`, and `entries >= 1`.
+#[derive(Clone, Copy)]
+pub(crate) struct RingView<'a> {
     ring: *mut bindings::kvm_coalesced_mmio_ring,
+    entries: u32,
+    _memory: PhantomData<&'a ()>,
 }
 
-impl RingGuard<'_> {
+impl<'a> RingView<'a> {
+    /// # Safety
+    ///
+    /// `ring` must point to memory, valid for reads and writes for `'a`, that holds a ring header
+    /// and `entries` entries, `entries >= 1`; only atomic accesses and this module's writes may
+    /// be made to it by the kernel.
+    pub(crate) unsafe fn from_raw(ring: *mut bindings::kvm_coalesced_mmio_ring, entries: u32) -> Self {
+        // INVARIANT: guaranteed by the caller.
+        RingView {
+            ring,
+            entries,
+            _memory: PhantomData,
+        }
+    }
+
+    /// How many entries the ring has; one of them always stays free.
+    pub(crate) fn entries(&self) -> u32 {
+        self.entries
+    }
+
     /// The index userspace consumes from (`READ_ONCE(ring->first)`): any value at all.
     pub(crate) fn first(&self) -> u32 {
         // SAFETY: `ring` is valid by the type invariant and `first` is an aligned `u32`. The
@@ -164,6 +219,40 @@ impl RingGuard<'_> {
         // SAFETY: as in `first`.
         unsafe { Atomic::from_ptr(&raw mut (*self.ring).last) }.load(Relaxed)
     }
+}
+
+/// A coalesced ring with its writers' lock held; the lock is released when it is dropped.
+///
+/// Userspace owns `first` and may write any field at any time; with the lock, this guard is the
+/// only kernel writer of the entries and of `last`.
+///
+/// # Invariants
+///
+/// `_guard` holds the lock that serialises the kernel's writers of `ring`.
+pub(crate) struct RingGuard<'a> {
+    _guard: SpinLockGuard<'a, ()>,
+    ring: RingView<'a>,
+}
+
+impl<'a> core::ops::Deref for RingGuard<'a> {
+    type Target = RingView<'a>;
+
+    fn deref(&self) -> &RingView<'a> {
+        &self.ring
+    }
+}
+
+impl<'a> RingGuard<'a> {
+    /// # Safety
+    ///
+    /// `guard` must hold the lock that every kernel writer of `ring` takes.
+    pub(crate) unsafe fn new(guard: SpinLockGuard<'a, ()>, ring: RingView<'a>) -> Self {
+        // INVARIANT: guaranteed by the caller.
+        RingGuard {
+            _guard: guard,
+            ring,
+        }
+    }
 
     /// Fills entry `slot` with a write of `data` at `addr`; `pio` is the zone's `pio` flag.
     ///
@@ -172,16 +261,16 @@ impl RingGuard<'_> {
     /// access from KVM (at most 8 bytes); the checks keep this function from ever writing
     /// outside the ring page.
     pub(crate) fn fill(&mut self, slot: u32, addr: u64, data: &[u8], pio: u32) -> Result {
-        if slot >= RING_ENTRIES || data.len() > ENTRY_DATA {
+        if slot >= self.ring.entries || data.len() > ENTRY_DATA {
             return Err(EINVAL);
         }
-        // SAFETY: `ring` is valid by the type invariant and `slot < RING_ENTRIES`, so the entry
-        // lies inside the page, and `data.len()` bytes fit in its `data`. The lock makes this the
+        // SAFETY: `ring` is valid by `RingView`'s invariant and `slot < entries`, so the entry
+        // lies inside the ring, and `data.len()` bytes fit in its `data`. The lock makes this the
         // only kernel writer of the entry. The VMM reads an entry only once `last` covers it, so
         // these plain stores, like C's, race only with a VMM that breaks the protocol, which can
         // then read a torn entry of its own making; no Rust reference to the page is formed.
         unsafe {
-            let entry = (&raw mut (*self.ring).__bindgen_anon_1.coalesced_mmio)
+            let entry = (&raw mut (*self.ring.ring).__bindgen_anon_1.coalesced_mmio)
                 .cast::<bindings::kvm_coalesced_mmio>()
                 .add(slot as usize);
             (&raw mut (*entry).phys_addr).write(addr);
@@ -202,8 +291,8 @@ impl RingGuard<'_> {
     /// entry before it; the VMM pairs it with a read barrier after reading `last`.
     pub(crate) fn publish_last(&mut self, last: u32) {
         smp_wmb();
-        // SAFETY: as in `first`.
-        unsafe { Atomic::from_ptr(&raw mut (*self.ring).last) }.store(last, Relaxed);
+        // SAFETY: as in `RingView::first`.
+        unsafe { Atomic::from_ptr(&raw mut (*self.ring.ring).last) }.store(last, Relaxed);
     }
 }
 
@@ -251,14 +340,18 @@ impl SlotsGuard<'_> {
         Ok(())
     }
 
-    /// Unregisters, from its bus, every zone on the VM's list for which `matches` holds.
+    /// Unregisters, from its bus, every zone on the VM's list for which `matches(range, owner)`
+    /// holds; `owner` is the zone's ring: [`VM_RING`] or the address of its buffer.
     ///
     /// Unregistering destroys the zone's device, which removes it from the list. If KVM cannot
     /// shrink the bus, it destroys every device on that bus and the walk stops at once: the saved
     /// next entry may be gone too (CVE-2021-47060), and a match is always on the same bus, so
     /// nothing is left to do. `kernel::interop::list` only iterates over a list that stays as it
     /// is, so this is `list_for_each_entry_safe()` written out.
-    pub(crate) fn unregister_coalesced_zones(&mut self, mut matches: impl FnMut(&IoRange) -> bool) {
+    pub(crate) fn unregister_coalesced_zones(
+        &mut self,
+        mut matches: impl FnMut(&IoRange, usize) -> bool,
+    ) {
         let kvm = self.vm().as_raw();
         // SAFETY: `slots_lock` is held, so the list and its entries change only through this
         // walk. Every entry is the `link` of a registered `IoDevice`, whose `Header` is readable
@@ -272,7 +365,7 @@ impl SlotsGuard<'_> {
                 let header =
                     kernel::container_of!(pos.cast::<Opaque<bindings::list_head>>(), Header, link);
                 let range = (*header).range;
-                if matches(&range) {
+                if matches(&range, (*header).owner) {
                     let dev = Opaque::cast_into(&raw const (*header).dev);
                     if bindings::kvm_io_bus_unregister_dev(kvm, range.bus.as_raw(), dev) != 0 {
                         break;

@@ -68,12 +68,14 @@ pub(super) struct Header {
     pub(super) link: Opaque<bindings::list_head>,
     pub(super) vm: NonNull<bindings::kvm>,
     pub(super) range: IoRange,
+    /// What the device's creator tells its devices apart by: for coalesced zones, the ring they
+    /// write to.
+    pub(super) owner: usize,
 }
 
 /// A device on one of a VM's I/O buses, whose accesses `T` handles.
 ///
-/// `T` is a type without data: everything a coalesced zone needs is its range and its VM. A
-/// device with state of its own would add a field of type `T` here.
+/// `T` is the device's own data, next to its range and its VM.
 ///
 /// # Invariants
 ///
@@ -84,21 +86,28 @@ pub(super) struct Header {
 #[repr(C)]
 pub(crate) struct IoDevice<T> {
     pub(super) header: Header,
-    _ops: PhantomData<T>,
+    data: T,
 }
 
 // SAFETY: the raw fields are the C device and list entry, which KVM accesses under its own rules
-// (the bus under SRCU, the list under `slots_lock`); `T` holds no data.
+// (the bus under SRCU, the list under `slots_lock`); `T` is `Send`.
 unsafe impl<T: Send> Send for IoDevice<T> {}
 
-// SAFETY: as for `Send`; shared access from several vCPUs only reads the header.
+// SAFETY: as for `Send`; shared access from several vCPUs only reads the header and `&T`, and `T`
+// is `Sync`.
 unsafe impl<T: Sync> Sync for IoDevice<T> {}
 
 impl<T: IoDeviceOps> IoDevice<T> {
-    /// Allocates a device for `vm` claiming `range`, charged to the VM's memory cgroup.
+    /// Allocates a device for `vm` claiming `range`, with `owner` (see [`Header`]) and `data`,
+    /// charged to the VM's memory cgroup.
     ///
     /// It does nothing until it is registered on its bus (see [`super::SlotsGuard`]).
-    pub(crate) fn alloc(vm: &Vm, range: IoRange) -> Result<NewIoDevice<'_, T>> {
+    pub(crate) fn alloc(
+        vm: &Vm,
+        range: IoRange,
+        owner: usize,
+        data: T,
+    ) -> Result<NewIoDevice<'_, T>> {
         // INVARIANT: `vm` is the device's VM, and the ops table is the one built for `T`.
         let dev = KBox::new(
             IoDevice {
@@ -110,8 +119,9 @@ impl<T: IoDeviceOps> IoDevice<T> {
                     // `Vm` is a transparent wrapper of `struct kvm`.
                     vm: NonNull::from(vm).cast(),
                     range,
+                    owner,
                 },
-                _ops: PhantomData,
+                data,
             },
             GFP_KERNEL_ACCOUNT,
         )?;
@@ -132,6 +142,11 @@ impl<T> IoDevice<T> {
     /// The range the device claims on its bus.
     pub(crate) fn range(&self) -> &IoRange {
         &self.header.range
+    }
+
+    /// The device's own data.
+    pub(crate) fn data(&self) -> &T {
+        &self.data
     }
 }
 

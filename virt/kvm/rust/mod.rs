@@ -9,8 +9,10 @@
 //! nothing of KVM. Keeping them here lets the same sources serve both builds, and means nothing
 //! in vmlinux refers to a symbol of `kvm.ko`. See `Documentation/virt/kvm/coalesced-mmio-rust.rst`.
 
+pub(crate) mod anon_file;
 pub(crate) mod coalesced;
 pub(crate) mod iodev;
+pub(crate) mod shared_pages;
 
 /// The C declarations this module uses: in tree, the kernel crate's bindings, which our patch
 /// extends with `<linux/kvm_host.h>` and `<kvm/iodev.h>`.
@@ -22,9 +24,10 @@ pub(crate) use kernel::bindings;
 #[cfg(kvm_out_of_tree)]
 pub(crate) mod bindings;
 
+use core::ptr::NonNull;
 use kernel::{
     prelude::*,
-    sync::{Mutex, MutexGuard},
+    sync::{aref::AlwaysRefCounted, Mutex, MutexGuard},
     types::Opaque,
 };
 
@@ -43,6 +46,12 @@ pub(crate) fn eopnotsupp() -> Error {
     {
         Error::from_errno(-(bindings::EOPNOTSUPP as kernel::ffi::c_int))
     }
+}
+
+/// `ENOBUFS`, which the kernel crate has no constant for: registering a zone onto a coalesced
+/// MMIO buffer that has no ring yet.
+pub(crate) fn enobufs() -> Error {
+    Error::from_errno(-(bindings::ENOBUFS as kernel::ffi::c_int))
 }
 
 /// One of KVM's I/O buses, on which in-kernel devices claim guest accesses.
@@ -108,6 +117,21 @@ impl Vm {
             vm: self,
             _guard: slots_lock.lock(),
         }
+    }
+}
+
+// SAFETY: `kvm_get_kvm()` and `kvm_put_kvm()` are the VM's reference count: the VM is destroyed
+// (and its memory freed) only when the last reference is put.
+unsafe impl AlwaysRefCounted for Vm {
+    fn inc_ref(&self) {
+        // SAFETY: `self` is a live VM, so it has a reference that ours is added to.
+        unsafe { bindings::kvm_get_kvm(self.as_raw()) };
+    }
+
+    unsafe fn dec_ref(obj: NonNull<Self>) {
+        // SAFETY: the caller owns a reference taken by `inc_ref` and gives it up. This may
+        // destroy the VM, so it must not be called with one of the VM's own locks held.
+        unsafe { bindings::kvm_put_kvm(obj.as_ptr().cast()) };
     }
 }
 

@@ -1,0 +1,187 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Files without an inode of their own, `anon_inode_getfd()`, whose operations are Rust.
+//!
+//! C header: [`include/linux/anon_inodes.h`](srctree/include/linux/anon_inodes.h)
+//!
+//! KVM hands out its VMs, vCPUs and devices as such files. A type implements [`AnonFileOps`]
+//! for the operations it supports, and a `static` [`AnonFileType`] of it holds the C
+//! `file_operations` table, built once at compile time; files made with it carry their data as
+//! `private_data`, and [`AnonFileType::data`] recognises them by that table's address.
+
+use core::marker::PhantomData;
+use kernel::{
+    bindings, build_error,
+    error::{to_result, VTABLE_DEFAULT_ERROR},
+    ffi::c_int,
+    fs::{File, LocalFile},
+    mm::virt::VmaNew,
+    prelude::*,
+    sync::poll::PollTable,
+    types::ForeignOwnable,
+};
+
+/// The operations of a kind of anonymous file whose private data is a [`Self::Ptr`].
+#[vtable]
+pub(crate) trait AnonFileOps: Sized {
+    /// What the file owns: given when the file is made, dropped when it is released.
+    type Ptr: ForeignOwnable + Send + Sync;
+
+    /// Called once, when the last reference to the file is gone: every file descriptor is
+    /// closed and every mapping of the file is unmapped.
+    fn release(data: Self::Ptr, _file: &File) {
+        drop(data);
+    }
+
+    /// Sets up a new mapping of the file.
+    fn mmap(
+        _data: <Self::Ptr as ForeignOwnable>::Borrowed<'_>,
+        _file: &File,
+        _vma: &VmaNew,
+    ) -> Result {
+        build_error!(VTABLE_DEFAULT_ERROR)
+    }
+
+    /// Registers the caller's wait in `table` and returns the events ready now (`EPOLL*`).
+    fn poll(
+        _data: <Self::Ptr as ForeignOwnable>::Borrowed<'_>,
+        _file: &File,
+        _table: PollTable<'_>,
+    ) -> u32 {
+        build_error!(VTABLE_DEFAULT_ERROR)
+    }
+}
+
+/// The C operations table of anonymous files with operations `T`; declare one `static` per `T`.
+pub(crate) struct AnonFileType<T> {
+    ops: bindings::file_operations,
+    _ops: PhantomData<T>,
+}
+
+// SAFETY: the table is never written after it is built; the kernel only reads it.
+unsafe impl<T> Sync for AnonFileType<T> {}
+
+/// The module that holds our code: an open file keeps it loaded, as `fops->owner` does in C.
+const OWNER: *mut bindings::module = {
+    #[cfg(MODULE)]
+    {
+        (&raw const bindings::__this_module).cast_mut()
+    }
+    #[cfg(not(MODULE))]
+    {
+        core::ptr::null_mut()
+    }
+};
+
+impl<T: AnonFileOps> AnonFileType<T> {
+    /// Builds the operations table.
+    pub(crate) const fn new() -> Self {
+        AnonFileType {
+            ops: bindings::file_operations {
+                owner: OWNER,
+                release: Some(Self::release_callback),
+                mmap: if T::HAS_MMAP {
+                    Some(Self::mmap_callback)
+                } else {
+                    None
+                },
+                poll: if T::HAS_POLL {
+                    Some(Self::poll_callback)
+                } else {
+                    None
+                },
+                // SAFETY: every other member is an optional function pointer, a pointer or a
+                // plain integer, for which all zeroes is valid and means "none".
+                ..unsafe { core::mem::zeroed() }
+            },
+            _ops: PhantomData,
+        }
+    }
+
+    /// Makes a new file of this type owning `data` and installs it in a new file descriptor
+    /// with `flags` (`O_*`), which it returns. On failure `data` is dropped.
+    pub(crate) fn create_fd(&'static self, name: &CStr, data: T::Ptr, flags: u32) -> Result<u32> {
+        let data = data.into_foreign();
+        // SAFETY: `name` is a valid C string for the call; `self.ops` lives for ever. The new
+        // file owns `data`, which `release_callback` takes back.
+        let fd = unsafe {
+            bindings::anon_inode_getfd(name.as_char_ptr(), &self.ops, data, flags as c_int)
+        };
+        if let Err(e) = to_result(fd) {
+            // SAFETY: no file was made, so `data` from `into_foreign` above is still ours.
+            drop(unsafe { T::Ptr::from_foreign(data) });
+            return Err(e);
+        }
+        // Non-negative after `to_result`.
+        Ok(fd as u32)
+    }
+
+    /// The data of `file` if it is a file of this type, or `None` for any other file.
+    pub(crate) fn data<'a>(
+        &'static self,
+        file: &'a LocalFile,
+    ) -> Option<<T::Ptr as ForeignOwnable>::Borrowed<'a>> {
+        let raw = file.as_ptr();
+        // SAFETY: `file` is a valid file, whose `f_op` is set when it is made and never changes.
+        if !core::ptr::eq(unsafe { (*raw).f_op }, &self.ops) {
+            return None;
+        }
+        // SAFETY: the file is ours, so `private_data` came from `into_foreign` in `create_fd`,
+        // and it is only taken back by `release_callback`, which cannot run while `file` is
+        // borrowed: the caller's reference keeps the file alive for `'a`.
+        Some(unsafe { T::Ptr::borrow((*raw).private_data) })
+    }
+
+    /// # Safety
+    ///
+    /// `file` must be a file of this type being released (its last reference is gone).
+    unsafe extern "C" fn release_callback(
+        _inode: *mut bindings::inode,
+        file: *mut bindings::file,
+    ) -> c_int {
+        // SAFETY: the file is ours, so `private_data` came from `into_foreign`; release is the
+        // last call for the file, so the data is ours again.
+        let data = unsafe { T::Ptr::from_foreign((*file).private_data) };
+        // SAFETY: the file is valid for the duration of this call, and a file being released has
+        // no `fdget_pos` region open.
+        T::release(data, unsafe { File::from_raw_file(file) });
+        0
+    }
+
+    /// # Safety
+    ///
+    /// `file` must be a live file of this type and `vma` a mapping of it being set up in its
+    /// `->mmap()` hook.
+    unsafe extern "C" fn mmap_callback(
+        file: *mut bindings::file,
+        vma: *mut bindings::vm_area_struct,
+    ) -> c_int {
+        // SAFETY: the file is live, so its data is, and only `release_callback` takes it back.
+        let data = unsafe { T::Ptr::borrow((*file).private_data) };
+        // SAFETY: the caller guarantees a vma being set up by `->mmap()`.
+        let vma = unsafe { VmaNew::from_raw(vma) };
+        // SAFETY: the file is valid during the call; mmap has no `fdget_pos` region open.
+        let file = unsafe { File::from_raw_file(file) };
+        match T::mmap(data, file, vma) {
+            Ok(()) => 0,
+            Err(e) => e.to_errno(),
+        }
+    }
+
+    /// # Safety
+    ///
+    /// `file` must be a live file of this type and `table` null or a valid poll table, as
+    /// `vfs_poll()` passes them.
+    unsafe extern "C" fn poll_callback(
+        file: *mut bindings::file,
+        table: *mut bindings::poll_table,
+    ) -> bindings::__poll_t {
+        // SAFETY: as in `mmap_callback`.
+        let data = unsafe { T::Ptr::borrow((*file).private_data) };
+        // SAFETY: the caller guarantees the table, which lives for the duration of the call.
+        let table = unsafe { PollTable::from_raw(table) };
+        // SAFETY: the file is valid during the call; poll has no `fdget_pos` region open.
+        let file = unsafe { File::from_raw_file(file) };
+        T::poll(data, file, table)
+    }
+}
