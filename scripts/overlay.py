@@ -9,6 +9,11 @@ is never applied twice and an edited patch takes effect on the next run.
 
 usage: overlay.py REPO PRISTINE WORK
        overlay.py --list REPO      (print the overlay files, one per line: make-patches' list)
+       overlay.py --patch-sources REPO SOURCE DEST PREFIX
+           (for the out-of-tree kvm.ko: our patches' changes to the C files (.c, .h) under PREFIX,
+            applied to SOURCE's copies and written to DEST, each only if changed; prints each
+            path. A SOURCE that already carries a patch, such as our own work tree, is left as
+            it is.)
 """
 
 import os
@@ -24,7 +29,7 @@ OVERLAY_ROOTS = ("virt", "rust", "Documentation", "tools", "include", "arch")
 # the out-of-tree kvm.ko uses (the top-level Kbuild): its bindings module and its C helpers,
 # which in tree come from rust/bindings and rust/helpers.
 NOT_KERNEL = ("tools/rtc-vmm/", "virt/kvm/rust/bindings.rs", "virt/kvm/rust/bindings_helper.h",
-              "virt/kvm/rust/helpers.c", "virt/kvm/rust/helpers.h")
+              "virt/kvm/rust/helpers.c", "virt/kvm/rust/helpers.h", "virt/kvm/rust/uapi.h")
 MANIFEST = ".kvmrs-overlay-manifest"
 
 
@@ -74,6 +79,52 @@ def wanted_contents(repo, pristine):
     return wanted
 
 
+def file_sections(patch: pathlib.Path):
+    """Split a patch into (target path, text) per file, dropping the commit message."""
+    sections, current, target = [], [], None
+    for line in patch.read_text().splitlines(keepends=True):
+        if line.startswith("--- a/") or line.startswith("--- /dev/null"):
+            if target is not None:
+                sections.append((target, "".join(current)))
+            current, target = [line], ""
+        elif target is not None:
+            if line.startswith("+++ b/") and target == "":
+                target = line[len("+++ b/"):].split("\t")[0].strip()
+            current.append(line)
+    if target is not None:
+        sections.append((target, "".join(current)))
+    return sections
+
+
+def patch_sources(repo, source, dest, prefix):
+    """--patch-sources: see the module docstring."""
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = pathlib.Path(tmp)
+        done = []
+        for p in sorted((repo / "patches").glob("*.patch")):
+            for rel, text in file_sections(p):
+                if not rel.startswith(prefix) or not rel.endswith((".c", ".h")):
+                    continue
+                work = tmp / rel
+                if not work.exists():
+                    if not (source / rel).is_file():
+                        sys.exit(f"error: {p.name} changes {rel}, which {source} does not have")
+                    work.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copy2(source / rel, work)
+                    done.append(rel)
+                run = ["patch", "-p1", "--batch", "--silent", "-d", str(tmp)]
+                if subprocess.run(run + ["--forward"], input=text, text=True,
+                                  capture_output=True).returncode == 0:
+                    continue
+                if subprocess.run(run + ["--reverse", "--dry-run"], input=text, text=True,
+                                  capture_output=True).returncode == 0:
+                    continue  # the source already carries it
+                sys.exit(f"error: {p.name} does not apply to {source / rel}")
+        for rel in done:
+            write_if_changed(dest / rel, (tmp / rel).read_bytes())
+            print(rel)
+
+
 def write_if_changed(path: pathlib.Path, data) -> bool:
     if data is None:
         if path.exists():
@@ -90,6 +141,10 @@ def write_if_changed(path: pathlib.Path, data) -> bool:
 
 
 def main():
+    if sys.argv[1:2] == ["--patch-sources"]:
+        repo, source, dest = (pathlib.Path(a).resolve() for a in sys.argv[2:5])
+        patch_sources(repo, source, dest, sys.argv[5])
+        return
     if sys.argv[1:2] == ["--list"]:
         print("".join(f"{rel}\n" for rel in tracked_files(pathlib.Path(sys.argv[2]).resolve())), end="")
         return

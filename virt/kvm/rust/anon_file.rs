@@ -9,9 +9,10 @@
 //! `file_operations` table, built once at compile time; files made with it carry their data as
 //! `private_data`, and [`AnonFileType::data`] recognises them by that table's address.
 
+use super::bindings;
 use core::marker::PhantomData;
 use kernel::{
-    bindings, build_error,
+    build_error,
     error::{to_result, VTABLE_DEFAULT_ERROR},
     ffi::c_int,
     fs::{File, LocalFile},

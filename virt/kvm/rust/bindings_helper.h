@@ -5,9 +5,11 @@
  */
 
 #include <kvm/iodev.h>
+#include <linux/anon_inodes.h>
 #include <linux/kvm_host.h>
 
 #include "helpers.h"
+#include "uapi.h"
 
 /* A sizeof expression, which bindgen does not evaluate. */
 const size_t RUST_CONST_HELPER_KVM_COALESCED_MMIO_MAX = KVM_COALESCED_MMIO_MAX;
