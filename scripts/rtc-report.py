@@ -4,8 +4,10 @@
 
     rtc-report.py LOG OUTDIR [--title TEXT] [--history FILE] [--meta JSON]
 
-LOG holds the guest's @@RTC / @@PERF / @@RTC-FAIL lines (scripts/guest/rtc-demo). Exits 1 when a
-run failed, a clock read was wrong, or a coalesced run made a 0x70 userspace exit.
+LOG holds the guest's @@RTC / @@PERF / @@RTC-FAIL lines (scripts/guest/rtc-demo), and its @@LAT /
+@@LAT-FAIL lines: how late the VMM sees an index write, without and with a coalesced MMIO buffer.
+Exits 1 when a run failed, a clock read was wrong, a coalesced run made a 0x70 userspace exit, or
+the buffer's drainer thread replayed nothing.
 """
 import argparse
 import json
@@ -29,11 +31,20 @@ def labels_for(c_name):
             "rust": "coalesced PIO, Rust kvm.ko"}
 
 
+LATENCY_LABELS = {"exit": "index write exits (no coalescing)",
+                  "ring": "coalesced, VM ring: replayed at next exit",
+                  "buffer": "coalesced MMIO buffer, drainer thread"}
+
+
 def parse(log):
-    runs, perf, failures = {}, {}, []
+    runs, perf, failures, latency = {}, {}, [], {}
     for line in Path(log).read_text(errors="replace").splitlines():
         parts = line.split(" ", 3)
-        if parts[0] == "@@RTC" and len(parts) == 4:
+        if parts[0] == "@@LAT" and len(parts) == 4:
+            latency.setdefault(parts[1], {})[int(parts[2])] = json.loads(parts[3])
+        elif parts[0] == "@@LAT-FAIL":
+            failures.append(line)
+        elif parts[0] == "@@RTC" and len(parts) == 4:
             runs.setdefault(parts[1], {})[int(parts[2])] = json.loads(parts[3])
         elif parts[0] == "@@PERF" and len(parts) == 4:
             m = PERF_ROW.search(parts[3])
@@ -43,7 +54,42 @@ def parse(log):
                     f"{row['port']}:{row['dir']}"] = row
         elif parts[0] == "@@RTC-FAIL":
             failures.append(line)
-    return runs, perf, failures
+    return runs, perf, failures, latency
+
+
+def latency_table(latency):
+    """The @@LAT runs: one row per mechanism, medians over the runs of each run's figure."""
+    rows, summary, ok = [], {}, True
+    for label in [k for k in LATENCY_LABELS if k in latency] + sorted(set(latency) - set(LATENCY_LABELS)):
+        rs = list(latency[label].values())
+        seen = [r["index_seen_after_us"] for r in rs if "index_seen_after_us" in r]
+        s = {
+            "runs": len(rs),
+            "userspace_exits": statistics.median(r["userspace_exits"] for r in rs),
+            "index_writes": statistics.median(r["accesses"] for r in rs),
+            "seen_after_us_median": statistics.median(x["median"] for x in seen) if seen else None,
+            "seen_after_us_p90": statistics.median(x["p90"] for x in seen) if seen else None,
+            "seen_by_drainer": sum(x["by_drainer"] for x in seen),
+            "samples": sum(x["samples"] for x in seen),
+            "think_loops": rs[0].get("think_loops"),
+        }
+        summary[label] = s
+        if label == "buffer" and not s["seen_by_drainer"]:
+            ok = False
+            print("FAIL: buffer: the drainer thread saw no index write")
+        med, p90 = s["seen_after_us_median"], s["seen_after_us_p90"]
+        rows.append(f"{LATENCY_LABELS.get(label, label):44} {s['userspace_exits']:>10.0f} "
+                    f"{(f'{med:.1f}' if med is not None else '-'):>12} "
+                    f"{(f'{p90:.1f}' if p90 is not None else '-'):>9} "
+                    f"{s['seen_by_drainer']:>6}/{s['samples']}")
+    if not rows:
+        return [], summary, ok
+    think = next(iter(summary.values()))["think_loops"]
+    head = [f"Index write -> VMM sees it (Rust kvm.ko; the guest works {think} loop turns after each "
+            f"index write, then reads 0x71), median of runs:",
+            f"{'mechanism':44} {'userspace':>10} {'seen after':>12} {'p90':>9} {'by drainer':>10}",
+            f"{'':44} {'exits':>10} {'us, median':>12} {'us':>9}"]
+    return head + rows, summary, ok
 
 
 def spread(values):
@@ -62,7 +108,7 @@ def main():
     labels_names = labels_for(args.c_name)
     out = Path(args.outdir)
     out.mkdir(parents=True, exist_ok=True)
-    runs, perf, failures = parse(args.log)
+    runs, perf, failures, latency = parse(args.log)
     ok = not failures
     for f in failures:
         print(f"FAIL: {f}")
@@ -139,8 +185,12 @@ def main():
         summary["rust"]["rust_over_c_normalised"] = rust_c_normalised
         line += f"; Rust/C against the control: {rust_c_normalised:.3f}"
     table.append(line)
+    lat_rows, lat_summary, lat_ok = latency_table(latency)
+    ok = ok and lat_ok
+    if lat_summary:
+        summary["latency"] = lat_summary
     text = "\n".join([args.title, "", "perf kvm stat report --event=ioport, ports 0x70 and 0x71:",
-                      *lines, "", *table, ""])
+                      *lines, "", *table, "", *lat_rows, ""])
     print(text)
     (out / "summary.txt").write_text(text)
     record = {**json.loads(args.meta), "title": args.title, "ok": ok, "summary": summary}

@@ -22,6 +22,10 @@ pub const FAIL_PORT: u16 = 0xf4;
 pub const MMIO_BASE: u64 = 0xe0000;
 /// Guest-physical address the guest code is loaded and started at.
 pub const LOAD_ADDR: u64 = 0x1000;
+/// The latency program (see [`code`]): where the guest stores the low 32 bits of its TSC just
+/// before each index write, and where it reads how many `loop` turns to wait after one.
+pub const STAMP_ADDR: u64 = 0x800;
+pub const THINK_ADDR: u64 = 0x804;
 
 /// The guest's failure codes, as the guest writes them to [`FAIL_PORT`].
 pub fn failure_name(code: u8) -> &'static str {
@@ -40,12 +44,31 @@ global_asm!(
     r#"
     .pushsection .rodata.rtc_guest, "a"
 
-    .macro rtc_select reg, mmio
+    .macro rtc_select reg, mmio, latency=0
         mov al, \reg
+    .if \latency
+        # When the index write is made, for the VMM to tell how late it sees it.
+        push ax
+        push dx
+        rdtsc
+        mov dword ptr ds:[{stamp}], eax
+        pop dx
+        pop ax
+    .endif
     .if \mmio
         mov byte ptr es:[0], al
     .else
         out 0x70, al
+    .endif
+    .if \latency
+        # Work that does not exit, before the data access that does.
+        mov ebp, ecx
+        mov cx, word ptr ds:[{think}]
+        jcxz 8f
+    7:
+        loop 7b
+    8:
+        mov ecx, ebp
     .endif
     .endm
 
@@ -83,23 +106,23 @@ global_asm!(
     .endm
 
     # One clock-register read checked for BCD <= \max, then status D, which must read 0x80.
-    .macro read_clock reg, max, code, mmio
-        rtc_select \reg, \mmio
+    .macro read_clock reg, max, code, mmio, latency
+        rtc_select \reg, \mmio, \latency
         rtc_read \mmio
         check_bcd \max, \code
-        rtc_select 0x0d, \mmio
+        rtc_select 0x0d, \mmio, \latency
         rtc_read \mmio
         check_eq 0x80, 5
     .endm
 
-    .macro guest_program mmio
+    .macro guest_program mmio, latency=0
         .code16
         xor ebx, ebx
     1:
-        read_clock 0x00, 0x59, 1, \mmio
-        read_clock 0x02, 0x59, 2, \mmio
-        read_clock 0x04, 0x23, 3, \mmio
-        rtc_select 0x0b, \mmio
+        read_clock 0x00, 0x59, 1, \mmio, \latency
+        read_clock 0x02, 0x59, 2, \mmio, \latency
+        read_clock 0x04, 0x23, 3, \mmio, \latency
+        rtc_select 0x0b, \mmio, \latency
         rtc_read \mmio
         check_eq 0x02, 4
         # CMOS RAM byte 0x40 + (iteration & 0x3f) := ((iteration >> 6) & 0xf) << 4 | 0xa, then
@@ -113,11 +136,11 @@ global_asm!(
         and di, 0xf0
         or di, 0x0a
         mov ax, si
-        rtc_select al, \mmio
+        rtc_select al, \mmio, \latency
         mov ax, di
         rtc_write \mmio
         mov ax, si
-        rtc_select al, \mmio
+        rtc_select al, \mmio, \latency
         rtc_read \mmio
         mov dx, di
         mov ah, dl
@@ -137,15 +160,21 @@ global_asm!(
     .endm
 
     .globl rtc_guest_pio_start, rtc_guest_pio_end, rtc_guest_mmio_start, rtc_guest_mmio_end
+    .globl rtc_guest_latency_start, rtc_guest_latency_end
 rtc_guest_pio_start:
     guest_program 0
 rtc_guest_pio_end:
 rtc_guest_mmio_start:
     guest_program 1
 rtc_guest_mmio_end:
+rtc_guest_latency_start:
+    guest_program 0, 1
+rtc_guest_latency_end:
     .popsection
 "#,
     fail_port = const FAIL_PORT,
+    stamp = const STAMP_ADDR,
+    think = const THINK_ADDR,
 );
 
 extern "C" {
@@ -153,11 +182,20 @@ extern "C" {
     static rtc_guest_pio_end: u8;
     static rtc_guest_mmio_start: u8;
     static rtc_guest_mmio_end: u8;
+    static rtc_guest_latency_start: u8;
+    static rtc_guest_latency_end: u8;
 }
 
-/// The guest program's machine code, for the port or the MMIO RTC.
-pub fn code(mmio: bool) -> &'static [u8] {
-    let (start, end) = if mmio {
+/// The guest program's machine code, for the port or the MMIO RTC; `latency`: the port RTC
+/// program that also stamps each index write with its TSC at [`STAMP_ADDR`] and then waits
+/// [`THINK_ADDR`] `loop` turns before the data access.
+pub fn code(mmio: bool, latency: bool) -> &'static [u8] {
+    let (start, end) = if latency {
+        (
+            &raw const rtc_guest_latency_start,
+            &raw const rtc_guest_latency_end,
+        )
+    } else if mmio {
         (
             &raw const rtc_guest_mmio_start,
             &raw const rtc_guest_mmio_end,
