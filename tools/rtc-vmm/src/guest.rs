@@ -23,7 +23,7 @@ pub const MMIO_BASE: u64 = 0xe0000;
 /// Guest-physical address the guest code is loaded and started at.
 pub const LOAD_ADDR: u64 = 0x1000;
 /// The latency program (see [`code`]): where the guest stores the low 32 bits of its TSC just
-/// before each index write, and where it reads how many `loop` turns to wait after one.
+/// before each index write, and where it reads how many loop turns (a u32) to wait after one.
 pub const STAMP_ADDR: u64 = 0x800;
 pub const THINK_ADDR: u64 = 0x804;
 
@@ -63,10 +63,12 @@ global_asm!(
     .if \latency
         # Work that does not exit, before the data access that does.
         mov ebp, ecx
-        mov cx, word ptr ds:[{think}]
-        jcxz 8f
+        mov ecx, dword ptr ds:[{think}]
+        test ecx, ecx
+        jz 8f
     7:
-        loop 7b
+        dec ecx
+        jnz 7b
     8:
         mov ecx, ebp
     .endif
@@ -188,7 +190,7 @@ extern "C" {
 
 /// The guest program's machine code, for the port or the MMIO RTC; `latency`: the port RTC
 /// program that also stamps each index write with its TSC at [`STAMP_ADDR`] and then waits
-/// [`THINK_ADDR`] `loop` turns before the data access.
+/// [`THINK_ADDR`] loop turns before the data access.
 pub fn code(mmio: bool, latency: bool) -> &'static [u8] {
     let (start, end) = if latency {
         (

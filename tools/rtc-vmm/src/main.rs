@@ -20,7 +20,7 @@
 //! `buffer.rs`) instead of the VM's ring, and a drainer thread, woken by poll(), replays the index
 //! writes as they come; an exit still drains what the thread has not, before it is emulated.
 //! `--latency` runs a guest that stamps each index write with its TSC and then works for `--think`
-//! `loop` turns before the data access: the VMM reports how long after each index write it saw
+//! loop turns before the data access: the VMM reports how long after each index write it saw
 //! it (at its own exit, at the next exit, or in the drainer).
 
 mod buffer;
@@ -64,7 +64,7 @@ struct Options {
     /// The 1-based number of a replayed index write to lose (fault injection).
     drop_replay: Option<u64>,
     latency: bool,
-    think: u16,
+    think: u32,
 }
 
 fn usage() -> String {
@@ -81,7 +81,7 @@ fn parse_args(args: impl Iterator<Item = String>) -> Result<Options, String> {
         json: false,
         drop_replay: None,
         latency: false,
-        think: 20_000,
+        think: 500_000,
     };
     let mut args = args.skip(1);
     while let Some(arg) = args.next() {
@@ -184,7 +184,7 @@ impl Machine {
         let offset = ram.as_ptr().align_offset(4096);
         let ram = &mut ram[offset..offset + RAM_SIZE];
         let think = guest::THINK_ADDR as usize;
-        ram[think..think + 2].copy_from_slice(&opts.think.to_le_bytes());
+        ram[think..think + 4].copy_from_slice(&opts.think.to_le_bytes());
         let stamp = ram[guest::STAMP_ADDR as usize..].as_ptr().cast::<u32>();
         let code = guest::code(opts.mmio, opts.latency);
         let load = guest::LOAD_ADDR as usize;
@@ -540,7 +540,7 @@ impl Latency {
         })
     }
 
-    fn json(&self, think: u16) -> String {
+    fn json(&self, think: u32) -> String {
         format!(
             "\"think_loops\":{think},\"index_seen_after_us\":{{\"median\":{:.1},\"p90\":{:.1},\
              \"max\":{:.1},\"samples\":{},\"by_drainer\":{},\"tsc_offset_drift_ticks\":{}}},",
@@ -553,7 +553,7 @@ impl Latency {
         )
     }
 
-    fn text(&self, think: u16) -> String {
+    fn text(&self, think: u32) -> String {
         format!(
             "; with {think} loop turns after each index write, the VMM saw it {:.1} us later \
              (median; p90 {:.1}, max {:.1}; {} of {} seen by the drainer)",
