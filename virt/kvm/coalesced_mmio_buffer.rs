@@ -29,7 +29,9 @@ use crate::{
     kvm::{
         anon_file::{AnonFileOps, AnonFileType},
         bindings,
-        coalesced::{BufferZone, RingGuard, RingView, ENTRY_DATA, RING_ENTRY_BYTES, RING_HEADER_BYTES},
+        coalesced::{
+            BufferZone, RingGuard, RingView, ENTRY_DATA, RING_ENTRY_BYTES, RING_HEADER_BYTES,
+        },
         enobufs, eopnotsupp,
         iodev::{IoDevice, IoDeviceOps, IoRange},
         shared_pages::SharedPages,
@@ -102,7 +104,6 @@ impl CoalescedBuffer {
             }),
             GFP_KERNEL_ACCOUNT,
         )
-        .map(Into::into)
     }
 
     /// What the buffer's zones carry to tell them apart from other rings' zones.
@@ -278,7 +279,14 @@ fn register_buffer_zone(vm: &Vm, request: BufferZone) -> Result {
         size: request.zone.size,
     };
     let owner = buffer.owner();
-    let dev = IoDevice::alloc(vm, range, owner, BufferedZone { buffer: buffer.into() })?;
+    let dev = IoDevice::alloc(
+        vm,
+        range,
+        owner,
+        BufferedZone {
+            buffer: buffer.into(),
+        },
+    )?;
     let ret = vm.lock_slots().register_coalesced_zone(dev);
     drop(file);
     ret

@@ -85,7 +85,7 @@ pub(crate) fn buffer_ring_entries(
     header: usize,
     entry: usize,
 ) -> Option<u32> {
-    if page_size == 0 || len == 0 || len % page_size != 0 || len / page_size > max_pages {
+    if page_size == 0 || len == 0 || !len.is_multiple_of(page_size) || len / page_size > max_pages {
         return None;
     }
     let entries = len.checked_sub(header)?.checked_div(entry)?;

@@ -195,9 +195,10 @@ fn unregister_ring_zones(vm: &Vm, request: Zone, owner: usize) -> Result {
     // The C passes the u32 size where an int is expected: 2^31 and above turn negative and
     // match no zone.
     let len = request.size as i32;
-    vm.lock_slots().unregister_coalesced_zones(|zone, zone_owner| {
-        zone_owner == owner && zone.bus == bus && in_range(zone, request.addr, len)
-    });
+    vm.lock_slots()
+        .unregister_coalesced_zones(|zone, zone_owner| {
+            zone_owner == owner && zone.bus == bus && in_range(zone, request.addr, len)
+        });
     // Ignore the result of kvm_io_bus_unregister_dev(): from userspace's perspective, the
     // coalesced MMIO is most definitely unregistered.
     Ok(())

@@ -36,7 +36,8 @@ const _: () = assert!(bindings::KVM_COALESCED_MMIO_MAX <= u32::MAX as usize);
 pub(crate) const ENTRY_DATA: usize = 8;
 
 /// Bytes of the ring's header (`first`, `last`) and of one entry: what sizes a ring.
-pub(crate) const RING_HEADER_BYTES: usize = core::mem::size_of::<bindings::kvm_coalesced_mmio_ring>();
+pub(crate) const RING_HEADER_BYTES: usize =
+    core::mem::size_of::<bindings::kvm_coalesced_mmio_ring>();
 pub(crate) const RING_ENTRY_BYTES: usize = core::mem::size_of::<bindings::kvm_coalesced_mmio>();
 
 /// The owner of the VM's own ring, in [`IoRange`]-matching walks of the zone list: zones on a
@@ -192,7 +193,10 @@ impl<'a> RingView<'a> {
     /// `ring` must point to memory, valid for reads and writes for `'a`, that holds a ring header
     /// and `entries` entries, `entries >= 1`; only atomic accesses and this module's writes may
     /// be made to it by the kernel.
-    pub(crate) unsafe fn from_raw(ring: *mut bindings::kvm_coalesced_mmio_ring, entries: u32) -> Self {
+    pub(crate) unsafe fn from_raw(
+        ring: *mut bindings::kvm_coalesced_mmio_ring,
+        entries: u32,
+    ) -> Self {
         // INVARIANT: guaranteed by the caller.
         RingView {
             ring,
