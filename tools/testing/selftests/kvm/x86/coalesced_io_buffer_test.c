@@ -674,9 +674,10 @@ static void test_four_vcpus(void)
 		TEST_ASSERT(next_own[i] == WRITES && next_shared[i] == WRITES,
 			    "vCPU %d: %u and %u of %u writes arrived", i, next_own[i],
 			    next_shared[i], WRITES);
-	printf("four vCPUs: %d writes each to its own and the shared ring, every one once and "
-	       "in order; %lu drained by the polling thread, %lu exits on a full ring\n",
-	       2 * WRITES, drained_by_thread, exits_seen);
+	printf("four vCPUs: %d writes each to its own and the shared ring, each once, in order\n",
+	       2 * WRITES);
+	printf("four vCPUs: %lu drained by the polling thread, %lu exits on a full ring\n",
+	       drained_by_thread, exits_seen);
 	for (i = 0; i <= NR_VCPUS; i++)
 		free_buffer(&streams[i].b);
 	kvm_vm_free(vm);
@@ -721,7 +722,7 @@ static void test_close_while_writing(void)
 	void *exits;
 	int i;
 
-	/* More than the ring holds, so that some writes come after the close whatever the timing. */
+	/* More than the ring holds: some writes come after the close, whatever the timing. */
 	closing_writes = 5000;
 	vm = vm_create_with_vcpus(NR_VCPUS, guest_closing, vcpus);
 	virt_map(vm, MMIO_GPA, MMIO_GPA, 1);
