@@ -24,7 +24,7 @@
 //! different buffers never contend.
 
 use crate::{
-    append,
+    add_zone, append,
     coalesced_mmio_logic::{access_inside, buffer_ring_entries},
     kvm::{
         anon_file::{AnonFileOps, AnonFileType},
@@ -33,7 +33,7 @@ use crate::{
             BufferZone, RingGuard, RingView, ENTRY_DATA, RING_ENTRY_BYTES, RING_HEADER_BYTES,
         },
         enobufs, eopnotsupp,
-        iodev::{IoDevice, IoDeviceOps, IoRange},
+        iodev::{IoDevice, IoDeviceOps},
         shared_pages::SharedPages,
         Bus, Vm,
     },
@@ -265,7 +265,8 @@ pub unsafe extern "C" fn kvm_vm_ioctl_register_coalesced_mmio2(
 }
 
 fn register_buffer_zone(vm: &Vm, request: BufferZone) -> Result {
-    let bus = zone_bus(&request.zone)?;
+    // The order of the checks, and so which error comes first, as for the VM's ring: pio.
+    zone_bus(&request.zone)?;
     // The file reference is held until the zone is registered, so that the buffer's release,
     // which unregisters its zones, cannot run before the zone is on the list.
     let file = LocalFile::fget(request.buffer_fd)?;
@@ -273,21 +274,10 @@ fn register_buffer_zone(vm: &Vm, request: BufferZone) -> Result {
     if buffer.ring.as_ref().is_none() {
         return Err(enobufs());
     }
-    let range = IoRange {
-        bus,
-        addr: request.zone.addr,
-        size: request.zone.size,
+    let zone = BufferedZone {
+        buffer: buffer.into(),
     };
-    let owner = buffer.owner();
-    let dev = IoDevice::alloc(
-        vm,
-        range,
-        owner,
-        BufferedZone {
-            buffer: buffer.into(),
-        },
-    )?;
-    let ret = vm.lock_slots().register_coalesced_zone(dev);
+    let ret = add_zone(vm, &request.zone, buffer.owner(), zone);
     drop(file);
     ret
 }

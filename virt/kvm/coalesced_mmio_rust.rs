@@ -158,13 +158,17 @@ pub unsafe extern "C" fn kvm_vm_ioctl_register_coalesced_mmio(
 }
 
 fn register_zone(vm: &Vm, zone: Zone) -> Result {
-    let bus = zone_bus(&zone)?;
+    add_zone(vm, &zone, VM_RING, CoalescedZone)
+}
+
+/// Puts a device for `zone` on its bus, writing to the ring `owner` with `data`.
+fn add_zone<T: IoDeviceOps>(vm: &Vm, zone: &Zone, owner: usize, data: T) -> Result {
     let range = IoRange {
-        bus,
+        bus: zone_bus(zone)?,
         addr: zone.addr,
         size: zone.size,
     };
-    let dev = IoDevice::alloc(vm, range, VM_RING, CoalescedZone)?;
+    let dev = IoDevice::alloc(vm, range, owner, data)?;
     vm.lock_slots().register_coalesced_zone(dev)
 }
 

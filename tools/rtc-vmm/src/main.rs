@@ -273,6 +273,13 @@ impl Machine {
         })
     }
 
+    /// The state the drainer thread shares with us, locked.
+    fn replayer(&self) -> Result<std::sync::MutexGuard<'_, Replayer>, String> {
+        self.replayer
+            .lock()
+            .map_err(|_| "a thread panicked".to_string())
+    }
+
     /// Applies the index writes KVM coalesced since the last exit, oldest first, from the VM's
     /// ring or from the buffer (what the drainer thread has not taken yet).
     fn replay_ring(&mut self) -> Result<(), String> {
@@ -283,10 +290,7 @@ impl Machine {
                 entries.push(entry);
             }
         }
-        let mut r = self
-            .replayer
-            .lock()
-            .map_err(|_| "a thread panicked".to_string())?;
+        let mut r = self.replayer()?;
         if let Some(buffer) = &self.buffer {
             while let Some(entry) = buffer.pop() {
                 entries.push(entry);
@@ -356,10 +360,7 @@ impl Machine {
             Some(_) => Some(buffer::tsc_offset(self.vcpu.as_raw_fd()).map_err(|e| e.to_string())?),
             None => None,
         };
-        let mut r = self
-            .replayer
-            .lock()
-            .map_err(|_| "a thread panicked".to_string())?;
+        let mut r = self.replayer()?;
         if let Some(e) = r.error.take() {
             return fail(format!("drainer thread: {e}"));
         }
@@ -432,10 +433,7 @@ impl Machine {
 
     fn emulate_write(&mut self, addr: u64, value: u8, pio: bool) -> Result<(), String> {
         let index = self.rtc_register(addr, pio)?;
-        let mut r = self
-            .replayer
-            .lock()
-            .map_err(|_| "a thread panicked".to_string())?;
+        let mut r = self.replayer()?;
         if index {
             r.stats.index_exits += 1;
             r.cmos.write_index(value);
@@ -449,10 +447,7 @@ impl Machine {
 
     fn emulate_read(&mut self, addr: u64, pio: bool) -> Result<u8, String> {
         let index = self.rtc_register(addr, pio)?;
-        let mut r = self
-            .replayer
-            .lock()
-            .map_err(|_| "a thread panicked".to_string())?;
+        let mut r = self.replayer()?;
         if index {
             r.stats.index_exits += 1;
             // The index register is write-only; real hardware floats the bus.
