@@ -630,7 +630,15 @@ static void *vcpu_four(void *arg)
 				    uc.buffer);
 			return NULL;
 		}
-		/* A full ring: what is in it came first, so drain it, then take this write. */
+		/*
+		 * A full ring: what is in it came first, so drain it, then take this write. Any
+		 * other exit is a failure of its own (its run->io would hold an old exit's data).
+		 */
+		TEST_ASSERT(run->exit_reason == KVM_EXIT_MMIO ||
+			    (run->exit_reason == KVM_EXIT_IO && run->io.port == PIO_PORT &&
+			     run->io.direction == KVM_EXIT_IO_OUT),
+			    "vCPU %u: unexpected exit %s", vcpu->id,
+			    exit_reason_str(run->exit_reason));
 		s = run->exit_reason == KVM_EXIT_MMIO ? vcpu->id : NR_VCPUS;
 		pthread_mutex_lock(&streams[s].lock);
 		drain(s);
@@ -711,7 +719,8 @@ static void *vcpu_closing(void *arg)
 			TEST_ASSERT(get_ucall(vcpu, &uc) == UCALL_DONE, "guest: %s", uc.buffer);
 			return (void *)exits;
 		}
-		TEST_ASSERT_EQ(vcpu->run->exit_reason, KVM_EXIT_MMIO);
+		TEST_ASSERT(vcpu->run->exit_reason == KVM_EXIT_MMIO, "vCPU %u: unexpected exit %s",
+			    vcpu->id, exit_reason_str(vcpu->run->exit_reason));
 		exits++;
 	}
 }
