@@ -793,25 +793,57 @@ static void test_vm_destroyed(void)
 	}
 }
 
+/* What the test is doing, for the watchdog to name if it hangs. */
+static const char *volatile phase = "setup";
+
+static void watchdog(int sig)
+{
+	static const char msg[] = "coalesced_io_buffer_test: no progress for 60 s in: ";
+
+	/* Only async-signal-safe calls here. */
+	if (write(STDERR_FILENO, msg, sizeof(msg) - 1) > 0 &&
+	    write(STDERR_FILENO, phase, strlen(phase)) > 0)
+		(void)!write(STDERR_FILENO, "\n", 1);
+	_exit(KSFT_FAIL);
+}
+
+/* Starts a phase: a hang in it ends the test, naming it, after 60 s. */
+static void start(const char *what)
+{
+	phase = what;
+	alarm(60);
+}
+
 int main(int argc, char *argv[])
 {
 	struct ctx c;
 
 	page = getpagesize();
+	signal(SIGALRM, watchdog);
 	TEST_REQUIRE(kvm_has_cap(KVM_CAP_COALESCED_MMIO2));
 	TEST_REQUIRE(kvm_has_cap(KVM_CAP_COALESCED_PIO));
 
 	c = new_ctx();
+	start("errors");
 	test_errors(&c);
+	start("ring sizes");
 	test_sizes(&c);
+	start("the series' cases");
 	test_series_cases(&c);
+	start("hostile indices");
 	test_hostile_indices(&c);
+	start("poll");
 	test_poll(&c);
+	start("fork");
 	test_fork(&c);
 	kvm_vm_free(c.vm);
+	start("four vCPUs");
 	test_four_vcpus();
+	start("close while writing");
 	test_close_while_writing();
+	start("VMs destroyed with buffers open");
 	test_vm_destroyed();
+	alarm(0);
 	printf("coalesced_io_buffer_test: all cases passed\n");
 	return 0;
 }
