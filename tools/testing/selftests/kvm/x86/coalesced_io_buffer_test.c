@@ -793,8 +793,11 @@ static void test_vm_destroyed(void)
 	}
 }
 
-/* What the test is doing, for the watchdog to name if it hangs. */
-static const char *volatile phase = "setup";
+/*
+ * What the test is doing, for the watchdog to name if it hangs. Set before the call to alarm()
+ * in start(), which the compiler cannot move it past.
+ */
+static const char *phase = "setup";
 
 static void watchdog(int sig)
 {
