@@ -140,11 +140,10 @@ impl CoalescedBuffer {
     fn append(&self, addr: u64, data: &[u8], pio: u32) -> Result {
         // A zone is only registered onto a mapped buffer, whose ring is never unset.
         let ring = self.ring.as_ref().ok_or_else(eopnotsupp)?;
-        let view = ring.view();
         {
             // SAFETY: `ring_lock` is what every writer of this buffer's ring takes.
-            let mut ring = unsafe { RingGuard::new(self.ring_lock.lock(), view) };
-            append(&mut ring, view.entries(), addr, data, pio)?;
+            let mut ring = unsafe { RingGuard::new(self.ring_lock.lock(), ring.view()) };
+            append(&mut ring, addr, data, pio)?;
         }
         self.readers.notify_all();
         Ok(())

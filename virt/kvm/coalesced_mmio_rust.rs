@@ -32,7 +32,7 @@ use coalesced_mmio_logic::{access_inside, next_insert, zone_contains};
 use kernel::{error::from_result, ffi::c_int, prelude::*, static_lock_class};
 use kvm::{
     bindings,
-    coalesced::{self, RingGuard, Zone, ENTRY_DATA, RING_ENTRIES, VM_RING},
+    coalesced::{self, RingGuard, Zone, ENTRY_DATA, VM_RING},
     eopnotsupp,
     iodev::{IoDevice, IoDeviceOps, IoRange},
     Bus, Vm,
@@ -76,7 +76,6 @@ impl IoDeviceOps for CoalescedZone {
 
         append(
             &mut dev.vm().lock_coalesced_ring(),
-            RING_ENTRIES,
             addr,
             data,
             pio_flag(zone.bus),
@@ -84,14 +83,14 @@ impl IoDeviceOps for CoalescedZone {
     }
 }
 
-/// Appends a write to a ring of `entries` entries whose lock `ring` holds; `EOPNOTSUPP` when it
-/// is full or userspace has corrupted `last`.
+/// Appends a write to the ring whose lock `ring` holds; `EOPNOTSUPP` when it is full or userspace
+/// has corrupted `last`.
 #[inline(always)]
-fn append(ring: &mut RingGuard<'_>, entries: u32, addr: u64, data: &[u8], pio: u32) -> Result {
+fn append(ring: &mut RingGuard<'_>, addr: u64, data: &[u8], pio: u32) -> Result {
     // Each index is read once: userspace may rewrite both at any time, and only the checked
     // snapshot of `last` is used as an index (CVE-2019-14821).
     let last = ring.last();
-    let Some(insert) = next_insert(ring.first(), last, entries) else {
+    let Some(insert) = next_insert(ring.first(), last, ring.entries()) else {
         return Err(eopnotsupp());
     };
 

@@ -29,7 +29,7 @@ use kernel::{
 };
 
 /// Number of entries in the ring, `KVM_COALESCED_MMIO_MAX`: 170 with 4 KiB pages.
-pub(crate) const RING_ENTRIES: u32 = bindings::KVM_COALESCED_MMIO_MAX as u32;
+const RING_ENTRIES: u32 = bindings::KVM_COALESCED_MMIO_MAX as u32;
 const _: () = assert!(bindings::KVM_COALESCED_MMIO_MAX <= u32::MAX as usize);
 
 /// Bytes of data one ring entry holds (`kvm_coalesced_mmio.data`).
@@ -263,7 +263,7 @@ impl<'a> RingGuard<'a> {
     /// Refuses with `EINVAL`, writing nothing, if `slot` is outside the ring or `data` is longer
     /// than an entry holds. Neither happens for a slot chosen with the ring's indices and an
     /// access from KVM (at most 8 bytes); the checks keep this function from ever writing
-    /// outside the ring page.
+    /// outside the ring.
     pub(crate) fn fill(&mut self, slot: u32, addr: u64, data: &[u8], pio: u32) -> Result {
         if slot >= self.ring.entries || data.len() > ENTRY_DATA {
             return Err(EINVAL);
@@ -349,7 +349,7 @@ impl SlotsGuard<'_> {
     ///
     /// Unregistering destroys the zone's device, which removes it from the list. If KVM cannot
     /// shrink the bus, it destroys every device on that bus and the walk stops at once: the saved
-    /// next entry may be gone too (CVE-2021-47060), and a match is always on the same bus, so
+    /// next entry may be gone too (CVE-2021-47060). Callers match zones of one bus per walk, so
     /// nothing is left to do. `kernel::interop::list` only iterates over a list that stays as it
     /// is, so this is `list_for_each_entry_safe()` written out.
     pub(crate) fn unregister_coalesced_zones(
