@@ -280,31 +280,6 @@ impl Machine {
             .map_err(|_| "a thread panicked".to_string())
     }
 
-    /// Applies the index writes KVM coalesced since the last exit, oldest first, from the VM's
-    /// ring or from the buffer (what the drainer thread has not taken yet).
-    fn replay_ring(&mut self) -> Result<(), String> {
-        let mut entries = Vec::new();
-        if self.buffer.is_none() {
-            // Empty, or no ring mapped because nothing is coalesced: Ok(None) or an error.
-            while let Ok(Some(entry)) = self.vcpu.coalesced_mmio_read() {
-                entries.push(entry);
-            }
-        }
-        let mut r = self.replayer()?;
-        if let Some(buffer) = &self.buffer {
-            while let Some(entry) = buffer.pop() {
-                entries.push(entry);
-            }
-        }
-        for e in &entries {
-            r.replay(e, self.mmio, false)?;
-        }
-        if !entries.is_empty() {
-            r.saw_index_write(false);
-        }
-        Ok(())
-    }
-
     /// The drainer: replays the buffer's entries as poll() reports them, until `stop`.
     fn drainer(
         buffer: Arc<Buffer>,
@@ -326,16 +301,10 @@ impl Machine {
                     continue;
                 }
                 let Ok(mut r) = replayer.lock() else { return };
-                let mut n = 0;
-                while let Some(entry) = buffer.pop() {
-                    if let Err(e) = r.replay(&entry, false, true) {
-                        r.error = Some(e);
-                        return;
-                    }
-                    n += 1;
-                }
-                if n > 0 {
-                    r.saw_index_write(true);
+                // A buffer holds the port RTC's index writes (--coalesce buffer is port only).
+                if let Err(e) = r.replay_all(std::iter::from_fn(|| buffer.pop()), false, true) {
+                    r.error = Some(e);
+                    return;
                 }
             }
         }
@@ -356,16 +325,13 @@ impl Machine {
                 .join()
                 .map_err(|_| "the drainer thread panicked".to_string())?;
         }
-        let offset_now = match self.replayer.lock().ok().and_then(|r| r.stamp) {
-            Some(_) => Some(buffer::tsc_offset(self.vcpu.as_raw_fd()).map_err(|e| e.to_string())?),
-            None => None,
-        };
         let mut r = self.replayer()?;
         if let Some(e) = r.error.take() {
             return fail(format!("drainer thread: {e}"));
         }
         result?;
-        if let (Some((_, offset)), Some(now)) = (r.stamp, offset_now) {
+        if let Some((_, offset)) = r.stamp {
+            let now = buffer::tsc_offset(self.vcpu.as_raw_fd()).map_err(|e| e.to_string())?;
             r.stats.tsc_offset_drift = now.wrapping_sub(offset);
         }
         r.stats.nanos = nanos;
@@ -375,11 +341,6 @@ impl Machine {
     fn run_vcpu(&mut self) -> Result<(), String> {
         loop {
             let exit = self.vcpu.run().map_err(|e| format!("KVM_RUN: {e}"))?;
-            self.replayer
-                .lock()
-                .map_err(|_| "a thread panicked".to_string())?
-                .stats
-                .exits += 1;
             // What exited, copied out so that the ring can be replayed before it is emulated.
             let access = match exit {
                 VcpuExit::IoOut(port, data) => Access::Write(port.into(), data[0], true),
@@ -389,7 +350,27 @@ impl Machine {
                 VcpuExit::Hlt => Access::Halt,
                 other => return fail(format!("unexpected exit {other:?}")),
             };
-            self.replay_ring()?;
+            // The index writes coalesced since the last exit, oldest first, replayed before the
+            // access is emulated: from the VM's ring (read through the vCPU, before the lock),
+            // or from the buffer, what the drainer thread has not taken yet.
+            let mut from_vm_ring = Vec::new();
+            if self.buffer.is_none() {
+                // Empty, or no ring mapped because nothing is coalesced: Ok(None) or an error.
+                while let Ok(Some(entry)) = self.vcpu.coalesced_mmio_read() {
+                    from_vm_ring.push(entry);
+                }
+            }
+            let from_buffer = self
+                .buffer
+                .iter()
+                .flat_map(|buffer| std::iter::from_fn(|| buffer.pop()));
+            let mut r = self.replayer()?;
+            r.stats.exits += 1;
+            r.replay_all(
+                from_vm_ring.into_iter().chain(from_buffer),
+                self.mmio,
+                false,
+            )?;
             match access {
                 Access::Halt => return Ok(()),
                 Access::Write(port, code, true) if port == guest::FAIL_PORT.into() => {
@@ -400,9 +381,11 @@ impl Machine {
                         guest::failure_name(code)
                     ));
                 }
-                Access::Write(addr, value, pio) => self.emulate_write(addr, value, pio)?,
+                Access::Write(addr, value, pio) => {
+                    r.emulate_write(self.rtc_register(addr, pio)?, value)
+                }
                 Access::Read(addr, pio, data) => {
-                    let value = self.emulate_read(addr, pio)?;
+                    let value = r.emulate_read(self.rtc_register(addr, pio)?);
                     // SAFETY: `data` points at the first byte of the read's data in the vCPU's
                     // kvm_run mapping, which lives as long as `self.vcpu`; KVM reads it on the
                     // next KVM_RUN to complete the guest's IN or MOV, and nothing else holds a
@@ -430,35 +413,50 @@ impl Machine {
             )),
         }
     }
+}
 
-    fn emulate_write(&mut self, addr: u64, value: u8, pio: bool) -> Result<(), String> {
-        let index = self.rtc_register(addr, pio)?;
-        let mut r = self.replayer()?;
+impl Replayer {
+    /// Emulates a write that exited, to the index register (`index`) or the data register.
+    fn emulate_write(&mut self, index: bool, value: u8) {
         if index {
-            r.stats.index_exits += 1;
-            r.cmos.write_index(value);
-            r.saw_index_write(false);
+            self.stats.index_exits += 1;
+            self.cmos.write_index(value);
+            self.saw_index_write(false);
         } else {
-            r.stats.data_exits += 1;
-            r.cmos.write_data(value);
+            self.stats.data_exits += 1;
+            self.cmos.write_data(value);
+        }
+    }
+
+    /// Emulates a read that exited, from the index register (`index`) or the data register.
+    fn emulate_read(&mut self, index: bool) -> u8 {
+        if index {
+            self.stats.index_exits += 1;
+            // The index register is write-only; real hardware floats the bus.
+            return 0xff;
+        }
+        self.stats.data_exits += 1;
+        self.cmos.read_data()
+    }
+
+    /// Replays coalesced index writes, oldest first; `by_drainer`: the drainer thread's.
+    fn replay_all(
+        &mut self,
+        entries: impl IntoIterator<Item = kvm_coalesced_mmio>,
+        mmio: bool,
+        by_drainer: bool,
+    ) -> Result<(), String> {
+        let mut any = false;
+        for e in entries {
+            self.replay(&e, mmio, by_drainer)?;
+            any = true;
+        }
+        if any {
+            self.saw_index_write(by_drainer);
         }
         Ok(())
     }
 
-    fn emulate_read(&mut self, addr: u64, pio: bool) -> Result<u8, String> {
-        let index = self.rtc_register(addr, pio)?;
-        let mut r = self.replayer()?;
-        if index {
-            r.stats.index_exits += 1;
-            // The index register is write-only; real hardware floats the bus.
-            return Ok(0xff);
-        }
-        r.stats.data_exits += 1;
-        Ok(r.cmos.read_data())
-    }
-}
-
-impl Replayer {
     fn replay(
         &mut self,
         e: &kvm_coalesced_mmio,
