@@ -42,13 +42,32 @@ def tracked_files(repo: pathlib.Path) -> list[str]:
                    if f and (repo / f).is_file() and not f.startswith(NOT_KERNEL)})
 
 
+def file_sections(patch: pathlib.Path):
+    """Split a patch into (path, text) per file it changes, dropping the commit message. The path
+    is the new file's (`+++ b/`), or the old one's (`--- a/`) for a file the patch deletes."""
+    sections, current, old, new = [], [], None, None
+
+    def name(line, prefix):
+        return line[len(prefix):].split("\t")[0].strip() if line.startswith(prefix) else None
+
+    def close():
+        if current:
+            sections.append((new or old, "".join(current)))
+
+    for line in patch.read_text(errors="replace").splitlines(keepends=True):
+        if line.startswith("--- a/") or line.startswith("--- /dev/null"):
+            close()
+            current, old, new = [line], name(line, "--- a/"), None
+        elif current:
+            if new is None and line.startswith("+++ "):
+                new = name(line, "+++ b/")
+            current.append(line)
+    close()
+    return sections
+
+
 def patch_targets(patch: pathlib.Path) -> set[str]:
-    targets = set()
-    for line in patch.read_text(errors="replace").splitlines():
-        for prefix in ("--- a/", "+++ b/"):
-            if line.startswith(prefix):
-                targets.add(line[len(prefix):].split("\t")[0].strip())
-    return targets
+    return {rel for rel, _ in file_sections(patch)}
 
 
 def wanted_contents(repo, pristine):
@@ -77,23 +96,6 @@ def wanted_contents(repo, pristine):
             sys.exit(f"error: {rel} is both an overlay file and patched; keep one")
         wanted[rel] = (repo / rel).read_bytes()
     return wanted
-
-
-def file_sections(patch: pathlib.Path):
-    """Split a patch into (target path, text) per file, dropping the commit message."""
-    sections, current, target = [], [], None
-    for line in patch.read_text().splitlines(keepends=True):
-        if line.startswith("--- a/") or line.startswith("--- /dev/null"):
-            if target is not None:
-                sections.append((target, "".join(current)))
-            current, target = [line], ""
-        elif target is not None:
-            if line.startswith("+++ b/") and target == "":
-                target = line[len("+++ b/"):].split("\t")[0].strip()
-            current.append(line)
-    if target is not None:
-        sections.append((target, "".join(current)))
-    return sections
 
 
 def patch_sources(repo, source, dest, prefix):
