@@ -207,25 +207,6 @@ static bool guest_write(struct ctx *c, uint32_t pio, uint64_t addr, uint32_t len
 	return guest_writes(c, pio, addr, len, val, 1) == 1;
 }
 
-static void check_entry(struct kvm_coalesced_mmio_ring *ring, uint32_t slot, uint32_t pio,
-			uint64_t addr, uint32_t len, uint64_t val)
-{
-	struct kvm_coalesced_mmio *e = &ring->coalesced_mmio[slot];
-	uint64_t data = 0;
-
-	memcpy(&data, e->data, len);
-	TEST_ASSERT(e->phys_addr == addr && e->len == len && e->pio == pio && data == val,
-		    "entry %u: wanted %s 0x%lx len %u data 0x%lx, got %s 0x%llx len %u data 0x%lx",
-		    slot, pio ? "PIO" : "MMIO", addr, len, val, e->pio ? "PIO" : "MMIO",
-		    e->phys_addr, e->len, data);
-}
-
-static void set_ring(struct kvm_coalesced_mmio_ring *ring, uint32_t first, uint32_t last)
-{
-	WRITE_ONCE(ring->first, first);
-	WRITE_ONCE(ring->last, last);
-}
-
 /* Every error code, and the mappings a buffer refuses. */
 static void test_errors(struct ctx *c)
 {

@@ -76,12 +76,6 @@ static int unreg(struct ctx *c, uint64_t addr, uint32_t size, uint32_t pio)
 	return zone_ioctl(c->vm, KVM_UNREGISTER_COALESCED_MMIO, addr, size, pio);
 }
 
-static void set_ring(struct ctx *c, uint32_t first, uint32_t last)
-{
-	WRITE_ONCE(c->ring->first, first);
-	WRITE_ONCE(c->ring->last, last);
-}
-
 /*
  * Runs one guest write and returns true if KVM coalesced it (the guest went straight on to its
  * ucall), false if it exited to userspace, after checking that the exit describes the write.
@@ -115,19 +109,6 @@ static bool guest_write(struct ctx *c, uint32_t pio, uint64_t addr, uint32_t len
 	return false;
 }
 
-static void check_entry(struct ctx *c, uint32_t slot, uint32_t pio, uint64_t addr, uint32_t len,
-			uint64_t val)
-{
-	struct kvm_coalesced_mmio *e = &c->ring->coalesced_mmio[slot];
-	uint64_t data = 0;
-
-	memcpy(&data, e->data, len);
-	TEST_ASSERT(e->phys_addr == addr && e->len == len && e->pio == pio && data == val,
-		    "entry %u: wanted %s 0x%lx len %u data 0x%lx, got %s 0x%llx len %u data 0x%lx",
-		    slot, pio ? "PIO" : "MMIO", addr, len, val, e->pio ? "PIO" : "MMIO",
-		    e->phys_addr, e->len, data);
-}
-
 /* CVE-2019-14821: `last` is userspace's to corrupt, and must never be used as an index. */
 static void test_hostile_indices(struct ctx *c)
 {
@@ -137,7 +118,7 @@ static void test_hostile_indices(struct ctx *c)
 
 	TEST_ASSERT_EQ(reg(c, MMIO_GPA, 8, 0), 0);
 	for (i = 0; i < ARRAY_SIZE(bad); i++) {
-		set_ring(c, 0, bad[i]);
+		set_ring(c->ring, 0, bad[i]);
 		memcpy(before, c->ring, getpagesize());
 		TEST_ASSERT(!guest_write(c, 0, MMIO_GPA, 8, 0x1111 + i),
 			    "a write was coalesced with last = %u", bad[i]);
@@ -146,31 +127,31 @@ static void test_hostile_indices(struct ctx *c)
 	}
 	/* `first` is only compared: any value of it leaves room. */
 	for (i = 0; i < ARRAY_SIZE(bad); i++) {
-		set_ring(c, bad[i], 0);
+		set_ring(c->ring, bad[i], 0);
 		TEST_ASSERT(guest_write(c, 0, MMIO_GPA, 8, 0x2222 + i),
 			    "not coalesced with first = %u", bad[i]);
 		TEST_ASSERT_EQ(c->ring->last, 1);
-		check_entry(c, 0, 0, MMIO_GPA, 8, 0x2222 + i);
+		check_entry(c->ring, 0, 0, MMIO_GPA, 8, 0x2222 + i);
 	}
 	/* The last slot: from first = 5 it wraps `last` to 0; from first = 0 the ring is full. */
-	set_ring(c, 5, c->max - 1);
+	set_ring(c->ring, 5, c->max - 1);
 	TEST_ASSERT(guest_write(c, 0, MMIO_GPA, 8, 0x3333), "slot max-1 refused");
 	TEST_ASSERT_EQ(c->ring->last, 0);
-	check_entry(c, c->max - 1, 0, MMIO_GPA, 8, 0x3333);
-	set_ring(c, 0, c->max - 1);
+	check_entry(c->ring, c->max - 1, 0, MMIO_GPA, 8, 0x3333);
+	set_ring(c->ring, 0, c->max - 1);
 	TEST_ASSERT(!guest_write(c, 0, MMIO_GPA, 8, 0x4444), "a full ring took a write");
 	/* 6.12's fix: with first = 0 and last = 85 the old u32 test saw a full ring. */
-	set_ring(c, 0, 85);
+	set_ring(c->ring, 0, 85);
 	TEST_ASSERT(guest_write(c, 0, MMIO_GPA, 8, 0x5555), "84 free slots reported as full");
 	/* Every width is stored with its length and exact bytes. */
 	for (j = 1; j <= 8; j <<= 1) {
-		set_ring(c, 0, 0);
+		set_ring(c->ring, 0, 0);
 		TEST_ASSERT(guest_write(c, 0, MMIO_GPA, j, 0x8877665544332211ull >> (64 - 8 * j)),
 			    "%u-byte MMIO write not coalesced", j);
-		check_entry(c, 0, 0, MMIO_GPA, j, 0x8877665544332211ull >> (64 - 8 * j));
+		check_entry(c->ring, 0, 0, MMIO_GPA, j, 0x8877665544332211ull >> (64 - 8 * j));
 	}
 	TEST_ASSERT_EQ(unreg(c, MMIO_GPA, 8, 0), 0);
-	set_ring(c, 0, 0);
+	set_ring(c->ring, 0, 0);
 }
 
 static struct ctx *scribble_ctx;
@@ -223,7 +204,7 @@ static void test_scribbled_indices(struct ctx *c)
 	TEST_ASSERT(tail_ok, "KVM wrote past the ring's last entry");
 	TEST_ASSERT_EQ(unreg(c, MMIO_GPA, 8, 0), 0);
 	TEST_ASSERT_EQ(unreg(c, PIO_PORT, 4, 1), 0);
-	set_ring(c, 0, 0);
+	set_ring(c->ring, 0, 0);
 	printf("scribbled indices: %d writes, %d coalesced, %d exited, ring tail untouched\n",
 	       SCRIBBLED_WRITES, coalesced, SCRIBBLED_WRITES - coalesced);
 }
@@ -231,7 +212,7 @@ static void test_scribbled_indices(struct ctx *c)
 /* Unregister removes exactly the zones of the same kind that contain the request. */
 static void test_unregister(struct ctx *c)
 {
-	set_ring(c, 0, 0);
+	set_ring(c->ring, 0, 0);
 	TEST_ASSERT_EQ(reg(c, MMIO_GPA, 16, 0), 0);
 	TEST_ASSERT_EQ(reg(c, PIO_PORT, 4, 1), 0);
 
@@ -240,7 +221,7 @@ static void test_unregister(struct ctx *c)
 	TEST_ASSERT_EQ(unreg(c, PIO_PORT, 4, 0), 0);
 	TEST_ASSERT(guest_write(c, 0, MMIO_GPA, 8, 1), "MMIO zone removed by a PIO unregister");
 	TEST_ASSERT(guest_write(c, 1, PIO_PORT, 1, 2), "PIO zone removed by an MMIO unregister");
-	check_entry(c, 1, 1, PIO_PORT, 1, 2);
+	check_entry(c->ring, 1, 1, PIO_PORT, 1, 2);
 
 	/* pio other than 0/1 is -EINVAL for both ioctls. */
 	TEST_ASSERT_EQ(reg(c, MMIO_GPA + 64, 8, 2), -EINVAL);
@@ -268,13 +249,13 @@ static void test_unregister(struct ctx *c)
 
 	/* Unregistering what is not there succeeds. */
 	TEST_ASSERT_EQ(unreg(c, MMIO_GPA, 8, 0), 0);
-	set_ring(c, 0, 0);
+	set_ring(c->ring, 0, 0);
 }
 
 /* A write is coalesced only if one zone holds all of it. */
 static void test_straddle(struct ctx *c)
 {
-	set_ring(c, 0, 0);
+	set_ring(c->ring, 0, 0);
 	TEST_ASSERT_EQ(reg(c, MMIO_GPA, 4, 0), 0);
 	TEST_ASSERT_EQ(reg(c, MMIO_GPA + 4, 4, 0), 0);
 	TEST_ASSERT(!guest_write(c, 0, MMIO_GPA, 8, 7),
@@ -291,7 +272,7 @@ static void test_straddle(struct ctx *c)
 	TEST_ASSERT(!guest_write(c, 1, PIO_PORT, 4, 11), "a PIO write past the zone was coalesced");
 	TEST_ASSERT(guest_write(c, 1, PIO_PORT, 2, 12), "a PIO write inside the zone was not");
 	TEST_ASSERT_EQ(unreg(c, PIO_PORT, 2, 1), 0);
-	set_ring(c, 0, 0);
+	set_ring(c->ring, 0, 0);
 }
 
 /* Register accepts what C accepts, and a full bus says -ENOSPC. */
@@ -299,7 +280,7 @@ static void test_register_edges(struct ctx *c)
 {
 	int n, ret;
 
-	set_ring(c, 0, 0);
+	set_ring(c->ring, 0, 0);
 	TEST_ASSERT_EQ(reg(c, MMIO_GPA + 0x100, 0, 0), 0);	/* size 0 */
 	TEST_ASSERT_EQ(reg(c, UINT64_MAX - 15, 32, 0), 0);	/* wraps past 2^64 */
 	TEST_ASSERT_EQ(reg(c, MMIO_GPA, 8, 0), 0);		/* duplicates, overlaps */
@@ -328,7 +309,7 @@ static void test_register_edges(struct ctx *c)
 	TEST_ASSERT(!guest_write(c, 1, 0x4000, 1, 16), "zones left after unregistering them all");
 	TEST_ASSERT_EQ(reg(c, 0x4000, 8, 1), 0);
 	TEST_ASSERT_EQ(unreg(c, 0x4000, 8, 1), 0);
-	set_ring(c, 0, 0);
+	set_ring(c->ring, 0, 0);
 	printf("register edges: %d zones filled the PIO bus (-ENOSPC after)\n", n);
 }
 
