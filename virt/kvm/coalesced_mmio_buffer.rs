@@ -35,7 +35,7 @@ use crate::{
         enobufs, eopnotsupp,
         iodev::{IoDevice, IoDeviceOps},
         shared_pages::SharedPages,
-        Bus, Vm,
+        Bus, Vm, THIS_MODULE,
     },
     pio_flag, unregister_ring_zones, zone_bus,
 };
@@ -52,13 +52,15 @@ use kernel::{
         poll::{PollCondVar, PollTable},
         Arc, ArcBorrow, Mutex, SetOnce, SpinLock,
     },
+    ThisModule,
 };
 
 /// The longest ring, in pages (`KVM_COALESCED_MMIO_BUFFER_MAX_PAGES`).
 const MAX_PAGES: usize = bindings::KVM_COALESCED_MMIO_BUFFER_MAX_PAGES as usize;
 
-/// The file operations of every buffer's file descriptor.
-static BUFFER_FILE: AnonFileType<CoalescedBuffer> = AnonFileType::new();
+/// The file operations of every buffer's file descriptor. Their owner becomes the vendor module
+/// at `kvm_init()`: see [`kvm_coalesced_mmio_buffer_init`].
+static BUFFER_FILE: AnonFileType<CoalescedBuffer> = AnonFileType::new(&THIS_MODULE);
 
 /// A buffer's ring, once its first mapping has set the size.
 struct Ring {
@@ -222,6 +224,25 @@ fn buffer_of<'a>(vm: &Vm, file: &'a LocalFile) -> Result<ArcBorrow<'a, Coalesced
         return Err(EINVAL);
     }
     Ok(buffer)
+}
+
+/// Called by `kvm_init()` with the vendor module (`kvm-amd`, `kvm-intel`) that is loading KVM,
+/// before `/dev/kvm` exists: every buffer's file then keeps that module loaded, as VM, vCPU and
+/// device files do. A buffer holds its VM, and dropping the last reference to a VM calls into the
+/// vendor module (`kvm_arch_destroy_vm()`), so closing a buffer after `rmmod kvm_amd` would run
+/// code that is gone. The vendor module depends on `kvm.ko`, so `kvm.ko` stays loaded too.
+///
+/// # Safety
+///
+/// `module` must be the module passed to `kvm_init()`, and no buffer may exist, as is the case
+/// while `kvm_init()` runs.
+#[no_mangle]
+pub unsafe extern "C" fn kvm_coalesced_mmio_buffer_init(module: *mut bindings::module) {
+    // SAFETY: the caller guarantees that `module` is the vendor module, which loads KVM.
+    let vendor = unsafe { ThisModule::from_ptr(module) };
+    // SAFETY: `kvm_init()` runs before any VM, so before any buffer, and is not run twice at
+    // once: only one vendor module can load KVM at a time.
+    unsafe { BUFFER_FILE.set_owner(&vendor) };
 }
 
 /// `KVM_CREATE_COALESCED_MMIO_BUFFER`: returns the file descriptor of a new, unmapped buffer.

@@ -22,7 +22,7 @@ mod coalesced_mmio_logic;
 
 // The buffers' entry points, which kvm_main.c calls like the four below.
 pub use coalesced_mmio_buffer::{
-    kvm_vm_ioctl_create_coalesced_mmio_buffer, kvm_vm_ioctl_register_coalesced_mmio2,
+    kvm_coalesced_mmio_buffer_init, kvm_vm_ioctl_create_coalesced_mmio_buffer, kvm_vm_ioctl_register_coalesced_mmio2,
     kvm_vm_ioctl_unregister_coalesced_mmio2,
 };
 #[path = "rust/mod.rs"]

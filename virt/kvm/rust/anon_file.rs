@@ -8,6 +8,12 @@
 //! for the operations it supports, and a `static` [`AnonFileType`] of it holds the C
 //! `file_operations` table, built once at compile time; files made with it carry their data as
 //! `private_data`, and [`AnonFileType::data`] recognises them by that table's address.
+//!
+//! An open file keeps its table's `owner` module loaded. That must be every module the file's
+//! operations can call into, which is not always the module holding the table: a KVM file that
+//! holds a VM reaches the vendor module (`kvm-amd`, `kvm-intel`) when it drops the VM, so KVM's
+//! own files take the module passed to `kvm_init()` as their owner. [`AnonFileType::set_owner`]
+//! does the same for ours.
 
 use super::bindings;
 use core::marker::PhantomData;
@@ -19,7 +25,8 @@ use kernel::{
     mm::virt::VmaNew,
     prelude::*,
     sync::poll::PollTable,
-    types::ForeignOwnable,
+    types::{ForeignOwnable, Opaque},
+    ThisModule,
 };
 
 /// The operations of a kind of anonymous file whose private data is a [`Self::Ptr`].
@@ -55,31 +62,23 @@ pub(crate) trait AnonFileOps: Sized {
 
 /// The C operations table of anonymous files with operations `T`; declare one `static` per `T`.
 pub(crate) struct AnonFileType<T> {
-    ops: bindings::file_operations,
+    /// Written only by [`Self::set_owner`], before any file of this type exists; read by the
+    /// kernel for every file.
+    ops: Opaque<bindings::file_operations>,
     _ops: PhantomData<T>,
 }
 
-// SAFETY: the table is never written after it is built; the kernel only reads it.
+// SAFETY: the table is written only by `set_owner`, whose callers guarantee that nothing else
+// uses it meanwhile; otherwise the kernel only reads it.
 unsafe impl<T> Sync for AnonFileType<T> {}
 
-/// The module that holds our code: an open file keeps it loaded, as `fops->owner` does in C.
-const OWNER: *mut bindings::module = {
-    #[cfg(MODULE)]
-    {
-        (&raw const bindings::__this_module).cast_mut()
-    }
-    #[cfg(not(MODULE))]
-    {
-        core::ptr::null_mut()
-    }
-};
-
 impl<T: AnonFileOps> AnonFileType<T> {
-    /// Builds the operations table.
-    pub(crate) const fn new() -> Self {
+    /// Builds the operations table; its files keep `owner` loaded until [`Self::set_owner`]
+    /// names another module.
+    pub(crate) const fn new(owner: &'static ThisModule) -> Self {
         AnonFileType {
-            ops: bindings::file_operations {
-                owner: OWNER,
+            ops: Opaque::new(bindings::file_operations {
+                owner: owner.as_ptr(),
                 release: Some(Self::release_callback),
                 mmap: if T::HAS_MMAP {
                     Some(Self::mmap_callback)
@@ -91,12 +90,26 @@ impl<T: AnonFileOps> AnonFileType<T> {
                 } else {
                     None
                 },
-                // SAFETY: every other member is an optional function pointer, a pointer or a
-                // plain integer, for which all zeroes is valid and means "none".
-                ..unsafe { core::mem::zeroed() }
-            },
+                // Every other member is an optional function pointer, a pointer or a plain
+                // integer, for which all zeroes means "none".
+                ..pin_init::zeroed()
+            }),
             _ops: PhantomData,
         }
+    }
+
+    /// Makes `owner` the module that files of this type made from now on keep loaded, as
+    /// `kvm_init()` does with `kvm_vm_fops.owner`.
+    ///
+    /// # Safety
+    ///
+    /// No file of this type may exist, and no other thread may use `self` during the call:
+    /// call it from the initialisation that makes files of this type reachable, before they
+    /// are.
+    pub(crate) unsafe fn set_owner(&'static self, owner: &ThisModule) {
+        // SAFETY: `ops` is a valid table; the caller guarantees that nothing reads or writes it
+        // meanwhile, and no file holds a reference to the module it names now.
+        unsafe { (*self.ops.get()).owner = owner.as_ptr() };
     }
 
     /// Makes a new file of this type owning `data` and installs it in a new file descriptor
@@ -104,9 +117,10 @@ impl<T: AnonFileOps> AnonFileType<T> {
     pub(crate) fn create_fd(&'static self, name: &CStr, data: T::Ptr, flags: u32) -> Result<u32> {
         let data = data.into_foreign();
         // SAFETY: `name` is a valid C string for the call; `self.ops` lives for ever. The new
-        // file owns `data`, which `release_callback` takes back.
+        // file owns `data`, which `release_callback` takes back. `anon_inode_getfd()` takes a
+        // reference to the table's owner for the file, or fails if that module is going away.
         let fd = unsafe {
-            bindings::anon_inode_getfd(name.as_char_ptr(), &self.ops, data, flags as c_int)
+            bindings::anon_inode_getfd(name.as_char_ptr(), self.ops.get(), data, flags as c_int)
         };
         if let Err(e) = to_result(fd) {
             // SAFETY: no file was made, so `data` from `into_foreign` above is still ours.
@@ -124,7 +138,7 @@ impl<T: AnonFileOps> AnonFileType<T> {
     ) -> Option<<T::Ptr as ForeignOwnable>::Borrowed<'a>> {
         let raw = file.as_ptr();
         // SAFETY: `file` is a valid file, whose `f_op` is set when it is made and never changes.
-        if !core::ptr::eq(unsafe { (*raw).f_op }, &self.ops) {
+        if !core::ptr::eq(unsafe { (*raw).f_op }, self.ops.get()) {
             return None;
         }
         // SAFETY: the file is ours, so `private_data` came from `into_foreign` in `create_fd`,

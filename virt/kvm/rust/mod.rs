@@ -29,6 +29,21 @@ use kernel::{
     prelude::*,
     sync::{aref::AlwaysRefCounted, Mutex, MutexGuard},
     types::Opaque,
+    ThisModule,
+};
+
+/// `THIS_MODULE` of `kvm.ko`, which is a C module: no `module!` makes one for its Rust code.
+pub(crate) static THIS_MODULE: ThisModule = {
+    #[cfg(MODULE)]
+    // SAFETY: `__this_module` is the module that this code is linked into.
+    unsafe {
+        ThisModule::from_ptr((&raw const bindings::__this_module).cast_mut())
+    }
+    #[cfg(not(MODULE))]
+    // SAFETY: built into the kernel, code has no module: `THIS_MODULE` is null, as in C.
+    unsafe {
+        ThisModule::from_ptr(core::ptr::null_mut())
+    }
 };
 
 /// `EOPNOTSUPP`: what a device on a KVM bus answers for an access it does not take, which KVM
