@@ -17,13 +17,23 @@ export CURRENT_BUILD
 case "$FLAVOUR" in guest) CURRENT_BUILD=$CACHE/current-build ;; debug) CURRENT_BUILD=$CACHE/current-build-debug ;;
 *) echo "error: KVMRS_FLAVOUR must be guest or debug" >&2; exit 1 ;; esac
 
+# The kernel series we support. Which kernels and sources of them Debian's archive carries is
+# found at run time (scripts/discover-kernels, through `discover` below): no file names a Debian
+# package version or kernel release.
+SUPPORTED_SERIES=(7.2 7.3)
+# The series of our own guest kernel (make kernel), built from the newest linux-source of that
+# series in sid or experimental.
+# shellcheck disable=SC2034
+IN_TREE_SERIES=${KVMRS_IN_TREE_SERIES:-7.2}
+
 # The Debian sid build root (scripts/build-root): every kernel, module and selftest build runs in it,
 # with Debian's own rustc, rust-src, bindgen, clang and gcc. Its directory is keyed by the package
-# list; the versions it holds are recorded in $ROOT/kvmrs-versions and key the build directories.
+# list, and it is made anew when sid carries other versions of its toolchain (TOOLCHAIN_PACKAGES);
+# the versions it holds are recorded in $ROOT/kvmrs-versions and key the build directories.
 ROOT_SUITE=sid
-ROOT_PACKAGES=(linux-source-7.2 rustc rust-src bindgen libclang-dev clang-22 lld-22 llvm-22
-	gcc libc6-dev make flex bison bc libelf-dev libssl-dev kmod cpio python3 dwarves ccache
-	xz-utils perl rsync rustfmt rust-clippy)
+TOOLCHAIN_PACKAGES=(rustc rust-src bindgen libclang-dev clang-22 lld-22 llvm-22 gcc)
+ROOT_PACKAGES=("${TOOLCHAIN_PACKAGES[@]}" libc6-dev make flex bison bc libelf-dev libssl-dev kmod
+	cpio python3 dwarves ccache xz-utils perl rsync rustfmt rust-clippy)
 # shellcheck disable=SC2034 # used by the scripts that source this file
 ROOT=$CACHE/root/$(printf '%s\n' "$ROOT_SUITE" "${ROOT_PACKAGES[@]}" | sha256sum | cut -c1-12)
 # The clang/LLVM suffix of our guest kernel build: LLVM 22 is the LLVM of sid's rustc, which
@@ -31,13 +41,127 @@ ROOT=$CACHE/root/$(printf '%s\n' "$ROOT_SUITE" "${ROOT_PACKAGES[@]}" | sha256sum
 # shellcheck disable=SC2034
 LLVM_SUFFIX=-22
 
-# Debian's own Rust-enabled kernel, the target of the out-of-tree kvm.ko (scripts/debian-kernel):
-# its package version must be the build root's linux-source-7.2 version.
-# shellcheck disable=SC2034
-DEBIAN_KERNEL=${KVMRS_DEBIAN_KERNEL:-7.2.13+deb14-amd64}
-
-# What `make module` built for Debian's kernel last: the paths vm-run --kernel debian boots with.
+# What `make module` built for each Debian kernel: current-debian/<release> holds the paths that
+# vm-run --kernel debian[:<release>] boots with.
 export CURRENT_DEBIAN=$CACHE/current-debian
+
+# Our own view of Debian's archive, apart from the host's apt: sid and experimental, their
+# package lists, and the packages downloaded from them.
+ARCHIVE=$CACHE/archive
+ARCHIVE_APT_CONF=$ARCHIVE/apt.conf
+# What discover found: "kernel SUITE RELEASE VERSION SERIES ok|skip REASON", "source SERIES
+# VERSION SUITE", "tool PACKAGE VERSION" lines.
+DISCOVERED=$ARCHIVE/discovered
+
+# debian_mirror: the Debian archive the host's own apt uses (empty: Debian's default).
+debian_mirror() {
+	local mirror
+	mirror=$(awk '/^URIs:/ && $2 ~ /\/debian\/?$/ { print $2; exit }' /etc/apt/sources.list.d/*.sources 2>/dev/null || true)
+	[ -n "$mirror" ] || mirror=$(awk '$1 == "deb" && $3 ~ /^(bookworm|stable)$/ { print $2; exit }' /etc/apt/sources.list 2>/dev/null || true)
+	echo "$mirror"
+}
+
+# archive_apt APT-COMMAND ARGS...: apt-get or apt-cache on our view of the archive.
+archive_apt() {
+	"$1" -c "$ARCHIVE_APT_CONF" "${@:2}"
+}
+
+# discover: find the kernels, sources and toolchain that Debian's archive carries now, once per
+# run of the harness (T0), and print them. A run that cannot reach the archive goes on with what
+# the last run found, saying so.
+discover() {
+	[ "$(cat "$ARCHIVE/discovered-at" 2>/dev/null)" != "$T0" ] || return 0
+	mkdir -p "$ARCHIVE/lists/partial" "$ARCHIVE/cache/archives/partial"
+	local mirror
+	mirror=$(debian_mirror)
+	mirror=${mirror:-http://deb.debian.org/debian}
+	printf 'deb %s %s main\n' "$mirror" sid "$mirror" experimental >"$ARCHIVE/sources.list"
+	# sid's Release file can look expired against a machine's clock.
+	cat >"$ARCHIVE_APT_CONF" <<-CONF
+		Dir::State::Lists "$ARCHIVE/lists";
+		Dir::Etc::SourceList "$ARCHIVE/sources.list";
+		Dir::Etc::SourceParts "/dev/null";
+		Dir::Cache "$ARCHIVE/cache";
+		Acquire::Check-Valid-Until "false";
+		APT::Sandbox::User "root";
+	CONF
+	stage "asking Debian's archive which kernels sid and experimental carry"
+	if ! archive_apt apt-get update -qq >&2; then
+		[ -s "$DISCOVERED" ] || die "cannot reach Debian's archive ($mirror), and no earlier run found anything"
+		echo "warning: Debian's archive is unreachable; using what the last run found" >&2
+	else
+		"$TOP/scripts/discover-kernels" "$ARCHIVE_APT_CONF" "$DISCOVERED.tmp" "${SUPPORTED_SERIES[@]}" ||
+			die "could not read Debian's package lists"
+		local pkg
+		for pkg in "${TOOLCHAIN_PACKAGES[@]}"; do
+			echo "tool $pkg $(archive_apt apt-cache madison "$pkg" | awk -F' *[|] *' '$3 ~ / sid\// { print $2; exit }')"
+		done >>"$DISCOVERED.tmp"
+		mv "$DISCOVERED.tmp" "$DISCOVERED"
+		prune_caches
+	fi
+	sed -n 's/^kernel \([^ ]*\) \([^ ]*\) \([^ ]*\) [^ ]* ok$/    found: Debian \1 kernel \2 (\3)/p
+		s/^kernel \([^ ]*\) \([^ ]*\) \([^ ]*\) [^ ]* skip \(.*\)/    found: Debian \1 kernel \2 (\3): skipped, \4/p
+		s/^source \([^ ]*\) \([^ ]*\) \(.*\)/    found: linux-source-\1 \2 in \3/p' "$DISCOVERED" >&2
+	echo "$T0" >"$ARCHIVE/discovered-at"
+}
+
+# prune_caches: what was cached for kernels and sources that the archive no longer carries can
+# never be used again (Debian keeps only what is current): remove it.
+prune_caches() {
+	local d name
+	for d in "$CACHE"/debian/* "$CACHE"/current-debian/* "$CACHE"/build/module/debian-* "$CACHE"/src/* "$CACHE"/build/*; do
+		[ -e "$d" ] || continue
+		name=${d##*/}
+		name=${name#debian-}
+		name=${name%-debug}
+		case "$d" in "$CACHE"/build/module | "$CACHE"/build/module/kdir-*) continue ;; esac
+		# A release or a package version that this discovery found stays.
+		awk -v n="$name" '($1 == "kernel" && ($3 == n || $4 == n)) || ($1 == "source" && $3 == n) { found = 1 }
+			END { exit !found }' "$DISCOVERED" && continue
+		stage "removing $d: Debian's archive no longer carries $name"
+		rm -rf --one-file-system "$d"
+	done
+}
+
+# debian_kernels all|ok: the Debian kernels found, "SUITE RELEASE VERSION SERIES STATUS [REASON]"
+# a line, sid's first; all of them, or only those discover found nothing against.
+debian_kernels() {
+	discover
+	awk -v only="$1" '$1 == "kernel" && (only == "all" || $6 == only) { sub(/^kernel /, ""); print }' "$DISCOVERED"
+}
+
+# debian_release [sid|RELEASE]: the release of sid's kernel, or RELEASE if it was found.
+debian_release() {
+	local want=${1:-sid}
+	debian_kernels all | awk -v w="$want" '($1 == "sid" && w == "sid") || $2 == w { print $2; exit }'
+}
+
+# source_version SERIES: the newest version of linux-source-SERIES that the archive carries.
+source_version() {
+	discover
+	awk -v s="$1" '$1 == "source" && $2 == s { print $3 }' "$DISCOVERED"
+}
+
+# fetch_source SERIES VERSION: linux-source-SERIES of VERSION unpacked, read-only, into
+# $CACHE/src/VERSION/pristine (once per version); prints that directory.
+fetch_source() {
+	local series=$1 version=$2 dir=$CACHE/src/$2
+	if [ ! -f "$dir/pristine/.kvmrs-unpacked" ]; then
+		stage "downloading and unpacking linux-source-$series $version (about 170 MB)"
+		rm -rf "$dir/pristine" "$dir/deb"
+		mkdir -p "$dir/deb" "$dir/pristine"
+		# shellcheck disable=SC2016 # $1 and $2 belong to the inner shell
+		(cd "$dir/deb" && archive_apt apt-get download -qq "linux-source-$series=$version") >&2 ||
+			die "could not download linux-source-$series $version from Debian's archive"
+		dpkg-deb --fsys-tarfile "$dir"/deb/*.deb | tar -xO --wildcards "./usr/src/linux-source-$series.tar.*" |
+			tar -xJ -C "$dir/pristine" --strip-components=1 || die "could not unpack linux-source-$series $version"
+		rm -rf "$dir/deb"
+		echo "linux-source-$series $version" >"$dir/pristine/.kvmrs-version"
+		touch "$dir/pristine/.kvmrs-unpacked"
+		chmod -R a-w "$dir/pristine"
+	fi
+	echo "$dir/pristine"
+}
 
 T0=${T0:-$(date +%s)}
 export T0

@@ -28,6 +28,17 @@ pub use coalesced_mmio_buffer::{
 #[path = "rust/mod.rs"]
 mod kvm;
 
+/// The module `#[vtable]` impls name as their owner from 7.3 on (`module!` makes it for a Rust
+/// module; `kvm.ko` is a C module with Rust objects).
+#[cfg(kernel_vtable_owner_module)]
+struct LocalModule;
+
+#[cfg(kernel_vtable_owner_module)]
+impl kernel::ModuleMetadata for LocalModule {
+    const NAME: &'static kernel::str::CStr = c"kvm";
+    const THIS_MODULE: kernel::ThisModule = kvm::this_module();
+}
+
 use coalesced_mmio_logic::{access_inside, next_insert, zone_contains};
 use kernel::{error::from_result, ffi::c_int, prelude::*, static_lock_class};
 use kvm::{

@@ -14,7 +14,7 @@
 use super::{
     bindings,
     iodev::{Header, IoDeviceOps, IoRange, NewIoDevice},
-    SlotsGuard, Vm,
+    smp_wmb, SlotsGuard, Vm,
 };
 use core::{marker::PhantomData, pin::Pin, ptr};
 use kernel::{
@@ -22,7 +22,7 @@ use kernel::{
     prelude::*,
     sync::{
         atomic::{Atomic, Relaxed},
-        barrier::smp_wmb,
+        lock::{spinlock::SpinLockBackend, Backend},
         LockClassKey, SpinLock, SpinLockGuard,
     },
     types::Opaque,
@@ -127,14 +127,17 @@ pub(crate) unsafe fn init_vm(
     if page == 0 {
         return Err(ENOMEM);
     }
-    let ring_lock = SpinLock::new((), lock_name, lock_key);
     // SAFETY: the caller guarantees `kvm` is valid and ours alone. `ring_lock` is initialised in
-    // place, where it stays for the VM's life: `Lock<(), _>` is `repr(C)` with the C lock as its
-    // only non-zero-sized field (what `Lock::from_raw` relies on too), and initialising a spinlock
-    // cannot fail.
+    // place, where it stays for the VM's life, by the spinlock backend's own initialiser (the C
+    // `spin_lock_init()`, with our name and lockdep class, which live for ever); from then on it
+    // is only taken through `Lock::from_raw`.
     unsafe {
         (*kvm).coalesced_mmio_ring = page as *mut bindings::kvm_coalesced_mmio_ring;
-        let Ok(()) = ring_lock.__pinned_init((&raw mut (*kvm).ring_lock).cast::<SpinLock<()>>());
+        SpinLockBackend::init(
+            &raw mut (*kvm).ring_lock,
+            lock_name.as_char_ptr(),
+            lock_key.as_ptr(),
+        );
         bindings::INIT_LIST_HEAD(&raw mut (*kvm).coalesced_zones);
     }
     Ok(())

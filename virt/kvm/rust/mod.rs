@@ -33,7 +33,10 @@ use kernel::{
 };
 
 /// `THIS_MODULE` of `kvm.ko`, which is a C module: no `module!` makes one for its Rust code.
-pub(crate) static THIS_MODULE: ThisModule = {
+pub(crate) static THIS_MODULE: ThisModule = this_module();
+
+/// Makes [`THIS_MODULE`]; a `const fn` for what needs it as a constant.
+pub(crate) const fn this_module() -> ThisModule {
     #[cfg(MODULE)]
     // SAFETY: `__this_module` is the module that this code is linked into.
     unsafe {
@@ -44,29 +47,46 @@ pub(crate) static THIS_MODULE: ThisModule = {
     unsafe {
         ThisModule::from_ptr(core::ptr::null_mut())
     }
-};
+}
 
 /// `EOPNOTSUPP`: what a device on a KVM bus answers for an access it does not take, which KVM
 /// then offers to the next device or turns into an exit to userspace.
 ///
-/// In tree it is the kernel crate's own constant, which our patch adds; the kernel crate of a
-/// distribution's 7.2 kernel has none, so out of tree it is made from the errno.
+/// The kernel crate's own constant where it has one: from 7.3 on, and in our own 7.2 tree, whose
+/// patch adds it. A distribution's 7.2 kernel crate has none, so there it is made from the errno.
 #[inline]
 pub(crate) fn eopnotsupp() -> Error {
-    #[cfg(not(kvm_out_of_tree))]
+    #[cfg(any(not(kvm_out_of_tree), kernel_errno_constants))]
     {
         kernel::error::code::EOPNOTSUPP
     }
-    #[cfg(kvm_out_of_tree)]
+    #[cfg(all(kvm_out_of_tree, not(kernel_errno_constants)))]
     {
         Error::from_errno(-(bindings::EOPNOTSUPP as kernel::ffi::c_int))
     }
 }
 
-/// `ENOBUFS`, which the kernel crate has no constant for: registering a zone onto a coalesced
-/// MMIO buffer that has no ring yet.
+/// `ENOBUFS`: registering a zone onto a coalesced MMIO buffer that has no ring yet. The kernel
+/// crate has the constant from 7.3 on.
 pub(crate) fn enobufs() -> Error {
-    Error::from_errno(-(bindings::ENOBUFS as kernel::ffi::c_int))
+    #[cfg(kernel_errno_constants)]
+    {
+        kernel::error::code::ENOBUFS
+    }
+    #[cfg(not(kernel_errno_constants))]
+    {
+        Error::from_errno(-(bindings::ENOBUFS as kernel::ffi::c_int))
+    }
+}
+
+/// `smp_wmb()`: orders the stores before it before those after it, as seen by other CPUs (and so
+/// by the VMM). 7.3's kernel crate spells it `smp_mb(Write)`; 7.2's `smp_wmb()`.
+#[inline(always)]
+pub(crate) fn smp_wmb() {
+    #[cfg(kernel_barrier_orderings)]
+    kernel::sync::barrier::smp_mb(kernel::sync::barrier::Write);
+    #[cfg(not(kernel_barrier_orderings))]
+    kernel::sync::barrier::smp_wmb();
 }
 
 /// One of KVM's I/O buses, on which in-kernel devices claim guest accesses.
