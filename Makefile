@@ -1,4 +1,8 @@
 # One entry point. `make demo` and `make check` do all their own set-up (as root on Debian 12).
+
+# One start time for every script a target runs: the progress lines count from it, and Debian's
+# archive is asked which kernels it carries once per run (scripts/lib.sh's discover).
+export T0 := $(shell date +%s)
 .PHONY: demo bench check check-debug fuzz selftests-full setup kernel module selftests host-test lint codegen patches clean-build clean-cache
 
 # perf kvm stat on RTC port 0x70: no coalescing, stock C kvm.ko, Rust kvm.ko, in one boot.
@@ -30,8 +34,8 @@ setup:
 kernel: setup
 	@scripts/build-kernel
 
-# Our kvm.ko built out of tree (the top-level Kbuild) for Debian's own Rust-enabled 7.2 kernel, or
-# for the prepared kernel tree KDIR names.
+# Our kvm.ko built out of tree (the top-level Kbuild) for each of Debian's own Rust-enabled kernels
+# that sid and experimental carry, or the one KVER=<release> names, or the prepared tree KDIR names.
 module:
 	@scripts/build-module
 

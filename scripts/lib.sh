@@ -24,18 +24,24 @@ SUPPORTED_SERIES=(7.2 7.3)
 # The series of our own guest kernel (make kernel), built from the newest linux-source of that
 # series in sid or experimental.
 # shellcheck disable=SC2034
-IN_TREE_SERIES=${KVMRS_IN_TREE_SERIES:-7.2}
+# Our patches are against this series alone; the others are out-of-tree targets only.
+IN_TREE_SERIES=7.3
 
-# The Debian sid build root (scripts/build-root): every kernel, module and selftest build runs in it,
-# with Debian's own rustc, rust-src, bindgen, clang and gcc. Its directory is keyed by the package
-# list, and it is made anew when sid carries other versions of its toolchain (TOOLCHAIN_PACKAGES);
-# the versions it holds are recorded in $ROOT/kvmrs-versions and key the build directories.
+# The Debian sid build roots (scripts/build-root): every kernel, module and selftest build runs in
+# one, with Debian's own rustc, rust-src, bindgen, clang and gcc. They live under $ROOTS, keyed by
+# the package list, one per version of sid's rustc it was made with (rustc-<version>/): a Debian
+# kernel must be built by the very rustc that built it, and Debian replaces rustc in place, so the
+# root made before an upload of rustc to sid is kept while a kernel may still need it. $ROOT is
+# the one in use: KVMRS_ROOT (scripts/debian-kernel chooses it for each Debian kernel), else the
+# newest ($ROOTS/current). The versions a root holds are in $ROOT/kvmrs-versions and key the
+# build directories.
 ROOT_SUITE=sid
 TOOLCHAIN_PACKAGES=(rustc rust-src bindgen libclang-dev clang-22 lld-22 llvm-22 gcc)
 ROOT_PACKAGES=("${TOOLCHAIN_PACKAGES[@]}" libc6-dev make flex bison bc libelf-dev libssl-dev kmod
-	cpio python3 dwarves ccache xz-utils perl rsync rustfmt rust-clippy)
+	cpio python3 dwarves ccache xz-utils perl rsync rustfmt rust-clippy uuid-dev)
+ROOTS=$CACHE/root/$(printf '%s\n' "$ROOT_SUITE" "${ROOT_PACKAGES[@]}" | sha256sum | cut -c1-12)
 # shellcheck disable=SC2034 # used by the scripts that source this file
-ROOT=$CACHE/root/$(printf '%s\n' "$ROOT_SUITE" "${ROOT_PACKAGES[@]}" | sha256sum | cut -c1-12)
+ROOT=${KVMRS_ROOT:-$(readlink -f "$ROOTS/current" 2>/dev/null || echo "$ROOTS/current")}
 # The clang/LLVM suffix of our guest kernel build: LLVM 22 is the LLVM of sid's rustc, which
 # CONFIG_RUST_INLINE_HELPERS (RUSTC_CLANG_LLVM_COMPATIBLE) requires.
 # shellcheck disable=SC2034
@@ -86,7 +92,8 @@ discover() {
 		APT::Sandbox::User "root";
 	CONF
 	stage "asking Debian's archive which kernels sid and experimental carry"
-	if ! archive_apt apt-get update -qq >&2; then
+	# --error-on=any: a list that could not be fetched is a failure, not a warning.
+	if ! archive_apt apt-get update -qq --error-on=any >&2; then
 		[ -s "$DISCOVERED" ] || die "cannot reach Debian's archive ($mirror), and no earlier run found anything"
 		echo "warning: Debian's archive is unreachable; using what the last run found" >&2
 	else
@@ -96,8 +103,15 @@ discover() {
 		for pkg in "${TOOLCHAIN_PACKAGES[@]}"; do
 			echo "tool $pkg $(archive_apt apt-cache madison "$pkg" | awk -F' *[|] *' '$3 ~ / sid\// { print $2; exit }')"
 		done >>"$DISCOVERED.tmp"
-		mv "$DISCOVERED.tmp" "$DISCOVERED"
-		prune_caches
+		# Pruning trusts the discovery only when it found what the archive always has: sid's
+		# kernel and the source of our own kernel's series.
+		if grep -q '^kernel sid ' "$DISCOVERED.tmp" && grep -q "^source $IN_TREE_SERIES " "$DISCOVERED.tmp"; then
+			mv "$DISCOVERED.tmp" "$DISCOVERED"
+			prune_caches
+		else
+			mv "$DISCOVERED.tmp" "$DISCOVERED"
+			echo "warning: Debian's archive lists no kernel in sid or no linux-source-$IN_TREE_SERIES; nothing cached is removed" >&2
+		fi
 	fi
 	sed -n 's/^kernel \([^ ]*\) \([^ ]*\) \([^ ]*\) [^ ]* ok$/    found: Debian \1 kernel \2 (\3)/p
 		s/^kernel \([^ ]*\) \([^ ]*\) \([^ ]*\) [^ ]* skip \(.*\)/    found: Debian \1 kernel \2 (\3): skipped, \4/p
@@ -150,10 +164,9 @@ fetch_source() {
 		stage "downloading and unpacking linux-source-$series $version (about 170 MB)"
 		rm -rf "$dir/pristine" "$dir/deb"
 		mkdir -p "$dir/deb" "$dir/pristine"
-		# shellcheck disable=SC2016 # $1 and $2 belong to the inner shell
 		(cd "$dir/deb" && archive_apt apt-get download -qq "linux-source-$series=$version") >&2 ||
 			die "could not download linux-source-$series $version from Debian's archive"
-		dpkg-deb --fsys-tarfile "$dir"/deb/*.deb | tar -xO --wildcards "./usr/src/linux-source-$series.tar.*" |
+		dpkg-deb --fsys-tarfile "$dir"/deb/*.deb | tar -xO "./usr/src/linux-source-$series.tar.xz" |
 			tar -xJ -C "$dir/pristine" --strip-components=1 || die "could not unpack linux-source-$series $version"
 		rm -rf "$dir/deb"
 		echo "linux-source-$series $version" >"$dir/pristine/.kvmrs-version"

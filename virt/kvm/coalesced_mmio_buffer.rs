@@ -52,7 +52,6 @@ use kernel::{
         poll::{PollCondVar, PollTable},
         Arc, ArcBorrow, Mutex, SetOnce, SpinLock,
     },
-    ThisModule,
 };
 
 /// The longest ring, in pages (`KVM_COALESCED_MMIO_BUFFER_MAX_PAGES`).
@@ -238,11 +237,11 @@ fn buffer_of<'a>(vm: &Vm, file: &'a LocalFile) -> Result<ArcBorrow<'a, Coalesced
 /// while `kvm_init()` runs.
 #[no_mangle]
 pub unsafe extern "C" fn kvm_coalesced_mmio_buffer_init(module: *mut bindings::module) {
-    // SAFETY: the caller guarantees that `module` is the vendor module, which loads KVM.
-    let vendor = unsafe { ThisModule::from_ptr(module) };
-    // SAFETY: `kvm_init()` runs before any VM, so before any buffer, and is not run twice at
-    // once: only one vendor module can load KVM at a time.
-    unsafe { BUFFER_FILE.set_owner(&vendor) };
+    // SAFETY: `module` is the vendor module, loading. No buffer exists: `kvm_init()` runs before
+    // `/dev/kvm` does, so before any VM of this vendor module, and a previous vendor module could
+    // only unload once its last buffer, which kept it loaded, was released. Only one vendor
+    // module can load KVM at a time, so no other call runs meanwhile.
+    unsafe { BUFFER_FILE.set_owner(module) };
 }
 
 /// `KVM_CREATE_COALESCED_MMIO_BUFFER`: returns the file descriptor of a new, unmapped buffer.

@@ -22,18 +22,18 @@ mod coalesced_mmio_logic;
 
 // The buffers' entry points, which kvm_main.c calls like the four below.
 pub use coalesced_mmio_buffer::{
-    kvm_coalesced_mmio_buffer_init, kvm_vm_ioctl_create_coalesced_mmio_buffer, kvm_vm_ioctl_register_coalesced_mmio2,
-    kvm_vm_ioctl_unregister_coalesced_mmio2,
+    kvm_coalesced_mmio_buffer_init, kvm_vm_ioctl_create_coalesced_mmio_buffer,
+    kvm_vm_ioctl_register_coalesced_mmio2, kvm_vm_ioctl_unregister_coalesced_mmio2,
 };
 #[path = "rust/mod.rs"]
 mod kvm;
 
-/// The module `#[vtable]` impls name as their owner from 7.3 on (`module!` makes it for a Rust
-/// module; `kvm.ko` is a C module with Rust objects).
-#[cfg(kernel_vtable_owner_module)]
+/// The module that `#[vtable]` impls name as their owner (`module!` makes it for a Rust module;
+/// `kvm.ko` is a C module with Rust objects). A 7.2 `#[vtable]` has no owner.
+#[cfg(not(kernel_vtable_without_owner))]
 struct LocalModule;
 
-#[cfg(kernel_vtable_owner_module)]
+#[cfg(not(kernel_vtable_without_owner))]
 impl kernel::ModuleMetadata for LocalModule {
     const NAME: &'static kernel::str::CStr = c"kvm";
     const THIS_MODULE: kernel::ThisModule = kvm::this_module();

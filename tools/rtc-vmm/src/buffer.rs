@@ -12,7 +12,7 @@ use std::sync::atomic::{fence, AtomicU32, Ordering};
 use kvm_bindings::{kvm_coalesced_mmio, kvm_coalesced_mmio_ring};
 
 /// `KVM_CAP_COALESCED_MMIO2`.
-pub const KVM_CAP_COALESCED_MMIO2: u32 = 250;
+pub const KVM_CAP_COALESCED_MMIO2: u32 = 252;
 
 const KVMIO: libc::c_ulong = 0xae;
 /// `_IO(KVMIO, 0xd6)`.

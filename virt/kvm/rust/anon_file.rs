@@ -103,13 +103,15 @@ impl<T: AnonFileOps> AnonFileType<T> {
     ///
     /// # Safety
     ///
-    /// No file of this type may exist, and no other thread may use `self` during the call:
-    /// call it from the initialisation that makes files of this type reachable, before they
-    /// are.
-    pub(crate) unsafe fn set_owner(&'static self, owner: &ThisModule) {
+    /// `owner` must be a live module (or null, for code built into the kernel). No file of this
+    /// type may exist, and no other thread may use `self` during the call: each file took a
+    /// reference to the owner the table named when it was made, and `__fput()` gives it back to
+    /// the owner the table names at release. Call it from the initialisation that makes files of
+    /// this type reachable, before they are.
+    pub(crate) unsafe fn set_owner(&'static self, owner: *mut bindings::module) {
         // SAFETY: `ops` is a valid table; the caller guarantees that nothing reads or writes it
-        // meanwhile, and no file holds a reference to the module it names now.
-        unsafe { (*self.ops.get()).owner = owner.as_ptr() };
+        // meanwhile, and that no file holds a reference to the module it names now.
+        unsafe { (*self.ops.get()).owner = owner };
     }
 
     /// Makes a new file of this type owning `data` and installs it in a new file descriptor

@@ -51,41 +51,39 @@ pub(crate) const fn this_module() -> ThisModule {
 
 /// `EOPNOTSUPP`: what a device on a KVM bus answers for an access it does not take, which KVM
 /// then offers to the next device or turns into an exit to userspace.
-///
-/// The kernel crate's own constant where it has one: from 7.3 on, and in our own 7.2 tree, whose
-/// patch adds it. A distribution's 7.2 kernel crate has none, so there it is made from the errno.
 #[inline]
 pub(crate) fn eopnotsupp() -> Error {
-    #[cfg(any(not(kvm_out_of_tree), kernel_errno_constants))]
+    #[cfg(not(kernel_lacks_errno_constants))]
     {
         kernel::error::code::EOPNOTSUPP
     }
-    #[cfg(all(kvm_out_of_tree, not(kernel_errno_constants)))]
+    // A 7.2 kernel crate has no such constant.
+    #[cfg(kernel_lacks_errno_constants)]
     {
         Error::from_errno(-(bindings::EOPNOTSUPP as kernel::ffi::c_int))
     }
 }
 
-/// `ENOBUFS`: registering a zone onto a coalesced MMIO buffer that has no ring yet. The kernel
-/// crate has the constant from 7.3 on.
+/// `ENOBUFS`: registering a zone onto a coalesced MMIO buffer that has no ring yet.
 pub(crate) fn enobufs() -> Error {
-    #[cfg(kernel_errno_constants)]
+    #[cfg(not(kernel_lacks_errno_constants))]
     {
         kernel::error::code::ENOBUFS
     }
-    #[cfg(not(kernel_errno_constants))]
+    #[cfg(kernel_lacks_errno_constants)]
     {
         Error::from_errno(-(bindings::ENOBUFS as kernel::ffi::c_int))
     }
 }
 
 /// `smp_wmb()`: orders the stores before it before those after it, as seen by other CPUs (and so
-/// by the VMM). 7.3's kernel crate spells it `smp_mb(Write)`; 7.2's `smp_wmb()`.
+/// by the VMM).
 #[inline(always)]
 pub(crate) fn smp_wmb() {
-    #[cfg(kernel_barrier_orderings)]
+    #[cfg(not(kernel_barrier_functions))]
     kernel::sync::barrier::smp_mb(kernel::sync::barrier::Write);
-    #[cfg(not(kernel_barrier_orderings))]
+    // A 7.2 kernel crate has one function per barrier.
+    #[cfg(kernel_barrier_functions)]
     kernel::sync::barrier::smp_wmb();
 }
 

@@ -11,7 +11,7 @@
 #include <linux/kvm.h>
 
 #ifndef KVM_CAP_COALESCED_MMIO2
-#define KVM_CAP_COALESCED_MMIO2 250
+#define KVM_CAP_COALESCED_MMIO2 252
 
 struct kvm_coalesced_mmio_zone2 {
 	__u64 addr;
