@@ -120,21 +120,38 @@ discover() {
 }
 
 # prune_caches: what was cached for kernels and sources that the archive no longer carries can
-# never be used again (Debian keeps only what is current): remove it.
+# never be used again (Debian keeps only what is current): remove it. Of the other sources, only
+# our own kernel's keeps its work tree, git base and build directories.
 prune_caches() {
-	local d name
+	local d name in_tree
+	in_tree=$(awk -v s="$IN_TREE_SERIES" '$1 == "source" && $2 == s { print $3 }' "$DISCOVERED")
 	for d in "$CACHE"/debian/* "$CACHE"/current-debian/* "$CACHE"/build/module/debian-* "$CACHE"/src/* "$CACHE"/build/*; do
 		[ -e "$d" ] || continue
 		name=${d##*/}
 		name=${name#debian-}
 		name=${name%-debug}
-		case "$d" in "$CACHE"/build/module | "$CACHE"/build/module/kdir-*) continue ;; esac
-		# A release or a package version that this discovery found stays.
-		awk -v n="$name" '($1 == "kernel" && ($3 == n || $4 == n)) || ($1 == "source" && $3 == n) { found = 1 }
-			END { exit !found }' "$DISCOVERED" && continue
-		stage "removing $d: Debian's archive no longer carries $name"
+		case "$d" in
+		"$CACHE"/build/module | "$CACHE"/build/module/kdir-*) continue ;;
+		"$CACHE"/build/module/*) discovered "$name" && continue ;;
+		# Our kernel's build directories: its current source version's only.
+		"$CACHE"/build/*) [ "$name" = "$in_tree" ] && continue ;;
+		"$CACHE"/src/*)
+			if discovered "$name"; then
+				[ "$name" = "$in_tree" ] || rm -rf --one-file-system "$d/work" "$d/base.git"
+				continue
+			fi
+			;;
+		*) discovered "$name" && continue ;;
+		esac
+		stage "removing $d: nothing found in Debian's archive now needs it"
 		rm -rf --one-file-system "$d"
 	done
+}
+
+# discovered NAME: whether the last discovery found a kernel release or package version NAME.
+discovered() {
+	awk -v n="$1" '($1 == "kernel" && ($3 == n || $4 == n)) || ($1 == "source" && $3 == n) { found = 1 }
+		END { exit !found }' "$DISCOVERED"
 }
 
 # debian_kernels all|ok: the Debian kernels found, "SUITE RELEASE VERSION SERIES STATUS [REASON]"
