@@ -137,7 +137,7 @@ prune_caches() {
 		"$CACHE"/build/*) [ "$name" = "$in_tree" ] && continue ;;
 		"$CACHE"/src/*)
 			if discovered "$name"; then
-				[ "$name" = "$in_tree" ] || rm -rf --one-file-system "$d/work" "$d/base.git"
+				[ "$name" = "$in_tree" ] || rm -rf --one-file-system "$d/work" "$d/work.tmp" "$d/base.git"
 				continue
 			fi
 			;;
