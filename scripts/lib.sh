@@ -22,9 +22,8 @@ case "$FLAVOUR" in guest) CURRENT_BUILD=$CACHE/current-build ;; debug) CURRENT_B
 # package version or kernel release.
 SUPPORTED_SERIES=(7.2 7.3)
 # The series of our own guest kernel (make kernel), built from the newest linux-source of that
-# series in sid or experimental.
-# shellcheck disable=SC2034
-# Our patches are against this series alone; the others are out-of-tree targets only.
+# series in sid or experimental. Our patches are against this series alone; the others are
+# out-of-tree targets only.
 IN_TREE_SERIES=7.3
 
 # The Debian sid build roots (scripts/build-root): every kernel, module and selftest build runs in
@@ -36,9 +35,9 @@ IN_TREE_SERIES=7.3
 # newest ($ROOTS/current). The versions a root holds are in $ROOT/kvmrs-versions and key the
 # build directories.
 ROOT_SUITE=sid
-TOOLCHAIN_PACKAGES=(rustc rust-src bindgen libclang-dev clang-22 lld-22 llvm-22 gcc)
-ROOT_PACKAGES=("${TOOLCHAIN_PACKAGES[@]}" libc6-dev make flex bison bc libelf-dev libssl-dev kmod
-	cpio python3 dwarves ccache xz-utils perl rsync rustfmt rust-clippy uuid-dev)
+ROOT_PACKAGES=(rustc rust-src bindgen libclang-dev clang-22 lld-22 llvm-22 gcc libc6-dev make flex
+	bison bc libelf-dev libssl-dev kmod cpio python3 dwarves ccache xz-utils perl rsync rustfmt
+	rust-clippy uuid-dev)
 ROOTS=$CACHE/root/$(printf '%s\n' "$ROOT_SUITE" "${ROOT_PACKAGES[@]}" | sha256sum | cut -c1-12)
 # shellcheck disable=SC2034 # used by the scripts that source this file
 ROOT=${KVMRS_ROOT:-$(readlink -f "$ROOTS/current" 2>/dev/null || echo "$ROOTS/current")}
@@ -56,7 +55,7 @@ export CURRENT_DEBIAN=$CACHE/current-debian
 ARCHIVE=$CACHE/archive
 ARCHIVE_APT_CONF=$ARCHIVE/apt.conf
 # What discover found: "kernel SUITE RELEASE VERSION SERIES ok|skip REASON", "source SERIES
-# VERSION SUITE", "tool PACKAGE VERSION" lines.
+# VERSION SUITE" lines, and "tool rustc VERSION" (sid's rustc, which keys the build roots).
 DISCOVERED=$ARCHIVE/discovered
 
 # debian_mirror: the Debian archive the host's own apt uses (empty: Debian's default).
@@ -99,17 +98,13 @@ discover() {
 	else
 		"$TOP/scripts/discover-kernels" "$ARCHIVE_APT_CONF" "$DISCOVERED.tmp" "${SUPPORTED_SERIES[@]}" ||
 			die "could not read Debian's package lists"
-		local pkg
-		for pkg in "${TOOLCHAIN_PACKAGES[@]}"; do
-			echo "tool $pkg $(archive_apt apt-cache madison "$pkg" | awk -F' *[|] *' '$3 ~ / sid\// { print $2; exit }')"
-		done >>"$DISCOVERED.tmp"
+		echo "tool rustc $(archive_apt apt-cache madison rustc | awk -F' *[|] *' '$3 ~ / sid\// { print $2; exit }')" >>"$DISCOVERED.tmp"
+		mv "$DISCOVERED.tmp" "$DISCOVERED"
 		# Pruning trusts the discovery only when it found what the archive always has: sid's
 		# kernel and the source of our own kernel's series.
-		if grep -q '^kernel sid ' "$DISCOVERED.tmp" && grep -q "^source $IN_TREE_SERIES " "$DISCOVERED.tmp"; then
-			mv "$DISCOVERED.tmp" "$DISCOVERED"
+		if grep -q '^kernel sid ' "$DISCOVERED" && grep -q "^source $IN_TREE_SERIES " "$DISCOVERED"; then
 			prune_caches
 		else
-			mv "$DISCOVERED.tmp" "$DISCOVERED"
 			echo "warning: Debian's archive lists no kernel in sid or no linux-source-$IN_TREE_SERIES; nothing cached is removed" >&2
 		fi
 	fi
@@ -167,6 +162,11 @@ debian_release() {
 	debian_kernels all | awk -v w="$want" '($1 == "sid" && w == "sid") || $2 == w { print $2; exit }'
 }
 
+# sid_rustc: the version of the rustc package that sid carries, as discover found it.
+sid_rustc() {
+	awk '$1 == "tool" && $2 == "rustc" { print $3 }' "$DISCOVERED"
+}
+
 # source_version SERIES: the newest version of linux-source-SERIES that the archive carries.
 source_version() {
 	discover
@@ -186,7 +186,6 @@ fetch_source() {
 		dpkg-deb --fsys-tarfile "$dir"/deb/*.deb | tar -xO "./usr/src/linux-source-$series.tar.xz" |
 			tar -xJ -C "$dir/pristine" --strip-components=1 || die "could not unpack linux-source-$series $version"
 		rm -rf "$dir/deb"
-		echo "linux-source-$series $version" >"$dir/pristine/.kvmrs-version"
 		touch "$dir/pristine/.kvmrs-unpacked"
 		chmod -R a-w "$dir/pristine"
 	fi
