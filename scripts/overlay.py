@@ -29,6 +29,7 @@ OVERLAY_ROOTS = ("virt", "rust", "Documentation", "tools", "include", "arch")
 # the out-of-tree kvm.ko uses (the top-level Kbuild): its bindings module and its C helpers,
 # which in tree come from rust/bindings and rust/helpers.
 NOT_KERNEL = ("tools/rtc-vmm/", "virt/kvm/rust/bindings.rs", "virt/kvm/rust/bindings_helper.h",
+              "virt/kvm/rust/kvm-bindgen-cmd",
               "virt/kvm/rust/helpers.c", "virt/kvm/rust/helpers.h", "virt/kvm/rust/uapi.h")
 MANIFEST = ".kvmrs-overlay-manifest"
 

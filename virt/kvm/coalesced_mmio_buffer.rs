@@ -3,10 +3,10 @@
 //! Coalesced MMIO buffers: rings of their own, with a file descriptor, that zones write to
 //! instead of the VM's ring (`KVM_CAP_COALESCED_MMIO2`).
 //!
-//! `KVM_CREATE_COALESCED_MMIO_BUFFER` returns the file descriptor. Its first `mmap()` sets the
-//! ring's size (1 to 64 pages) and every later one maps the same pages; `poll()` says whether the
-//! ring holds entries, so that a VMM thread can drain it while the vCPUs run.
-//! `KVM_(UN)REGISTER_COALESCED_MMIO2` add and remove zones that write to a buffer.
+//! `KVM_CREATE_COALESCED_MMIO_BUFFER` makes a ring of the number of entries userspace asks for
+//! and returns its file descriptor and the size to map. Every `mmap()` of it maps the same pages;
+//! `poll()` says whether the ring holds entries, so that a VMM thread can drain it while the vCPUs
+//! run. `KVM_(UN)REGISTER_COALESCED_MMIO2` add and remove zones that write to a buffer.
 //!
 //! Lifetimes, and why nothing here can be used after it is freed:
 //! - every mapping holds a reference to the file (as any mapping of a file does), and a
@@ -24,53 +24,70 @@
 //! different buffers never contend.
 
 use crate::{
-    add_zone, append,
-    coalesced_mmio_logic::{access_inside, buffer_ring_entries},
+    coalesced_mmio_logic::{access_inside, buffer_ring_bytes},
+    coalesced_mmio_zones::{add_zone, append, pio_flag, unregister_ring_zones, zone_bus},
     kvm::{
         anon_file::{AnonFileOps, AnonFileType},
         bindings,
         coalesced::{
             BufferZone, RingGuard, RingView, ENTRY_DATA, RING_ENTRY_BYTES, RING_HEADER_BYTES,
         },
-        enobufs, eopnotsupp,
+        eopnotsupp,
         iodev::{IoDevice, IoDeviceOps},
         shared_pages::SharedPages,
         Bus, Vm, THIS_MODULE,
     },
-    pio_flag, unregister_ring_zones, zone_bus,
 };
 use kernel::{
     error::from_result,
-    ffi::c_int,
-    fs::{File, LocalFile},
+    ffi::{c_int, c_void},
+    fs::{file::FileDescriptorReservation, File, LocalFile},
     mm::virt::{flags, VmaNew},
-    new_mutex, new_poll_condvar, new_spinlock,
+    new_poll_condvar, new_spinlock,
     page::PAGE_SIZE,
     prelude::*,
     sync::{
         aref::ARef,
         poll::{PollCondVar, PollTable},
-        Arc, ArcBorrow, Mutex, SetOnce, SpinLock,
+        Arc, ArcBorrow, SpinLock,
     },
+    transmute::{AsBytes, FromBytes},
+    uaccess::{UserPtr, UserSlice},
 };
 
-/// The longest ring, in pages (`KVM_COALESCED_MMIO_BUFFER_MAX_PAGES`).
-const MAX_PAGES: usize = bindings::KVM_COALESCED_MMIO_BUFFER_MAX_PAGES as usize;
+/// The most entries a ring may have, which `KVM_CHECK_EXTENSION(KVM_CAP_COALESCED_MMIO2)`
+/// reports: 8 + 8192 * 24 bytes, 49 pages of 4 KiB, charged to the VMM's memory cgroup.
+const MAX_ENTRIES: u32 = 8192;
 
 /// The file operations of every buffer's file descriptor. Their owner becomes the vendor module
 /// at `kvm_init()`: see [`kvm_coalesced_mmio_buffer_init`].
 static BUFFER_FILE: AnonFileType<CoalescedBuffer> = AnonFileType::new(&THIS_MODULE);
 
-/// A buffer's ring, once its first mapping has set the size.
+/// A buffer's ring: `entries` entries in pages that every mapping maps.
 struct Ring {
     pages: SharedPages,
     entries: u32,
 }
 
 impl Ring {
+    fn new(entries: u32) -> Result<Self> {
+        let bytes = buffer_ring_bytes(
+            entries,
+            MAX_ENTRIES,
+            RING_HEADER_BYTES,
+            RING_ENTRY_BYTES,
+            PAGE_SIZE,
+        )
+        .ok_or(EINVAL)?;
+        Ok(Ring {
+            pages: SharedPages::alloc(bytes / PAGE_SIZE)?,
+            entries,
+        })
+    }
+
     fn view(&self) -> RingView<'_> {
         // SAFETY: `pages` is `len()` bytes of zeroed, page-aligned memory, alive as long as
-        // `self`; `buffer_ring_entries()` chose `entries >= 2` to fit after the header.
+        // `self`, which `buffer_ring_bytes()` sized for a header and `entries >= 2` entries.
         unsafe { RingView::from_raw(self.pages.as_ptr().cast(), self.entries) }
     }
 }
@@ -80,27 +97,24 @@ impl Ring {
 pub(crate) struct CoalescedBuffer {
     /// The VM the buffer was made for, kept alive by the buffer.
     vm: ARef<Vm>,
-    /// The ring, from the first mapping on; never replaced.
-    ring: SetOnce<Ring>,
-    /// Serialises the setting of `ring` by concurrent first mappings.
+    ring: Ring,
+    /// Serialises the vCPUs that append to the ring, and `poll()`'s look at it. It guards
+    /// whether a `poll()` has looked since the last wake-up: see [`CoalescedBuffer::append`].
     #[pin]
-    map_lock: Mutex<()>,
-    /// Serialises the vCPUs that append to the ring.
-    #[pin]
-    ring_lock: SpinLock<()>,
+    ring_lock: SpinLock<bool>,
     /// Where `poll()` waits for entries.
     #[pin]
     readers: PollCondVar,
 }
 
 impl CoalescedBuffer {
-    fn new(vm: &Vm) -> Result<Arc<Self>> {
+    fn new(vm: &Vm, entries: u32) -> Result<Arc<Self>> {
+        let ring = Ring::new(entries)?;
         Arc::pin_init(
             pin_init!(CoalescedBuffer {
                 vm: vm.into(),
-                ring: SetOnce::new(),
-                map_lock <- new_mutex!(()),
-                ring_lock <- new_spinlock!((), "CoalescedBuffer::ring_lock"),
+                ring,
+                ring_lock <- new_spinlock!(false, "CoalescedBuffer::ring_lock"),
                 readers <- new_poll_condvar!("CoalescedBuffer::readers"),
             }),
             GFP_KERNEL_ACCOUNT,
@@ -112,44 +126,47 @@ impl CoalescedBuffer {
         core::ptr::from_ref(self) as usize
     }
 
-    /// The ring for a new mapping of `len` bytes: the existing one if it has that length, or
-    /// a new one of that length if this is the first mapping.
-    fn ring_for_mapping(&self, len: usize) -> Result<&Ring> {
-        let _guard = self.map_lock.lock();
-        if let Some(ring) = self.ring.as_ref() {
-            return if ring.pages.len() == len {
-                Ok(ring)
-            } else {
-                Err(EINVAL)
-            };
-        }
-        let entries = buffer_ring_entries(
-            len,
-            PAGE_SIZE,
-            MAX_PAGES,
-            RING_HEADER_BYTES,
-            RING_ENTRY_BYTES,
-        )
-        .ok_or(EINVAL)?;
-        let pages = SharedPages::alloc(len / PAGE_SIZE)?;
-        // Cannot fail: `map_lock` is held and the ring was not set.
-        self.ring.populate(Ring { pages, entries });
-        self.ring.as_ref().ok_or(EINVAL)
+    fn lock_ring(&self) -> RingGuard<'_, bool> {
+        // SAFETY: `ring_lock` is what every writer of this buffer's ring takes.
+        unsafe { RingGuard::new(self.ring_lock.lock(), self.ring.view()) }
     }
 
-    /// Appends a guest write to the ring and wakes its pollers; `EOPNOTSUPP` makes it an exit.
+    /// Appends a guest write to the ring; `EOPNOTSUPP` makes it an exit.
+    ///
+    /// Pollers are woken only when the ring goes from empty to not empty and a `poll()` has
+    /// looked at the ring since the last wake-up, so a write costs no wait-queue lock while
+    /// nobody polls or entries are already waiting. No poller misses an entry: `poll()` registers
+    /// its wait, then, under the ring's lock, sets the flag and reads both indices. A poller that
+    /// saw an empty ring did so before this write took the lock, so this write reads a `first`
+    /// at least as new, finds the ring empty as well, and sees the flag, or a wake-up that
+    /// cleared the flag after it was set has already woken the poller.
     fn append(&self, addr: u64, data: &[u8], pio: u32) -> Result {
-        // A zone is only registered onto a mapped buffer, whose ring is never unset.
-        let ring = self.ring.as_ref().ok_or_else(eopnotsupp)?;
-        {
-            // SAFETY: `ring_lock` is what every writer of this buffer's ring takes.
-            let mut ring = unsafe { RingGuard::new(self.ring_lock.lock(), ring.view()) };
-            append(&mut ring, addr, data, pio)?;
+        let wake = {
+            let mut ring = self.lock_ring();
+            let was_empty = append(&mut ring, addr, data, pio)?;
+            let polled = ring.locked();
+            let wake = was_empty && *polled;
+            if wake {
+                *polled = false;
+            }
+            wake
+        };
+        if wake {
+            self.readers.notify_all();
         }
-        self.readers.notify_all();
         Ok(())
     }
 }
+
+/// `struct kvm_coalesced_mmio_buffer`, as `KVM_CREATE_COALESCED_MMIO_BUFFER` reads and writes it.
+#[repr(transparent)]
+struct BufferRequest(bindings::kvm_coalesced_mmio_buffer);
+
+// SAFETY: a struct of integers without padding (`coalesced.rs` checks its size): any bytes are
+// a valid value, and every byte of a value is initialised.
+unsafe impl FromBytes for BufferRequest {}
+// SAFETY: as above.
+unsafe impl AsBytes for BufferRequest {}
 
 #[vtable]
 impl AnonFileOps for CoalescedBuffer {
@@ -169,28 +186,33 @@ impl AnonFileOps for CoalescedBuffer {
         }
     }
 
-    /// Maps the ring: shared, from offset 0, 1 to 64 pages, the same length every time.
+    /// Maps the whole ring: shared, from offset 0, `mmap_size` bytes long.
     fn mmap(buffer: ArcBorrow<'_, Self>, _file: &File, vma: &VmaNew) -> Result {
         // SAFETY: the vma is being set up, so its offset is stable and readable.
         let pgoff = unsafe { (*vma.as_ptr()).vm_pgoff };
-        if pgoff != 0 || vma.flags() & flags::SHARED == 0 {
+        let pages = &buffer.ring.pages;
+        if pgoff != 0 || vma.flags() & flags::SHARED == 0 || vma.end() - vma.start() != pages.len()
+        {
             return Err(EINVAL);
         }
-        let ring = buffer.ring_for_mapping(vma.end() - vma.start())?;
         // A child of fork() gets no mapping (it may map the descriptor it inherits); mremap()
         // cannot grow the mapping past the ring.
         vma.set_dontcopy();
         vma.set_dontexpand();
-        ring.pages.map_into(vma.set_mixedmap())
+        pages.map_into(vma.set_mixedmap())
     }
 
     /// Readable while the ring holds entries (`first != last`).
     fn poll(buffer: ArcBorrow<'_, Self>, file: &File, table: PollTable<'_>) -> u32 {
         table.register_wait(file, &buffer.readers);
-        match buffer.ring.as_ref().map(Ring::view) {
+        let mut ring = buffer.lock_ring();
+        // The next write into an empty ring wakes us: see `CoalescedBuffer::append`.
+        *ring.locked() = true;
+        if ring.first() != ring.last() {
             // EPOLLIN | EPOLLRDNORM, which have the values of their POLL* twins.
-            Some(ring) if ring.first() != ring.last() => bindings::POLLIN | bindings::POLLRDNORM,
-            _ => 0,
+            bindings::POLLIN | bindings::POLLRDNORM
+        } else {
+            0
         }
     }
 }
@@ -244,27 +266,49 @@ pub unsafe extern "C" fn kvm_coalesced_mmio_buffer_init(module: *mut bindings::m
     unsafe { BUFFER_FILE.set_owner(module) };
 }
 
-/// `KVM_CREATE_COALESCED_MMIO_BUFFER`: returns the file descriptor of a new, unmapped buffer.
+/// `KVM_CHECK_EXTENSION(KVM_CAP_COALESCED_MMIO2)`: the most entries a buffer's ring may have.
+#[no_mangle]
+pub extern "C" fn kvm_coalesced_mmio_buffer_max_entries() -> c_int {
+    const _: () = assert!(MAX_ENTRIES <= c_int::MAX as u32);
+    MAX_ENTRIES as c_int
+}
+
+/// `KVM_CREATE_COALESCED_MMIO_BUFFER`: makes a buffer with a ring of the requested number of
+/// entries, writes back the size to map, and returns the buffer's new file descriptor.
 ///
 /// # Safety
 ///
-/// `kvm` must point to a live VM, as `kvm_vm_ioctl()` passes it.
+/// `kvm` must point to a live VM, as `kvm_vm_ioctl()` passes it; `argp` is the ioctl's argument,
+/// any value userspace passed.
 #[no_mangle]
 pub unsafe extern "C" fn kvm_vm_ioctl_create_coalesced_mmio_buffer(
     kvm: *mut bindings::kvm,
+    argp: *mut c_void,
 ) -> c_int {
     // SAFETY: the caller guarantees a live VM.
     let vm = unsafe { Vm::from_raw(kvm) };
-    from_result(|| {
-        let buffer = CoalescedBuffer::new(vm)?;
-        let fd = BUFFER_FILE.create_fd(
-            c"kvm-coalesced-mmio-buffer",
-            buffer,
-            bindings::O_RDWR | bindings::O_CLOEXEC,
-        )?;
-        // A descriptor number fits an int.
-        Ok(fd as c_int)
-    })
+    from_result(|| create_buffer(vm, UserPtr::from_ptr(argp)))
+}
+
+fn create_buffer(vm: &Vm, argp: UserPtr) -> Result<c_int> {
+    let (mut reader, mut writer) =
+        UserSlice::new(argp, core::mem::size_of::<BufferRequest>()).reader_writer();
+    let mut request: BufferRequest = reader.read()?;
+    if request.0.flags != 0 || request.0.reserved != [0; 2] {
+        return Err(EINVAL);
+    }
+    let buffer = CoalescedBuffer::new(vm, request.0.entries)?;
+    // Widening: `usize` is at most 64 bits on every architecture Linux supports.
+    request.0.mmap_size = buffer.ring.pages.len() as u64;
+    // The descriptor is installed only once the answer has reached userspace: nothing is left
+    // behind if it cannot be written back.
+    let fd = FileDescriptorReservation::get_unused_fd_flags(bindings::O_CLOEXEC)?;
+    let file = BUFFER_FILE.create_file(c"kvm-coalesced-mmio-buffer", buffer, bindings::O_RDWR)?;
+    writer.write(&request)?;
+    let nr = fd.reserved_fd();
+    fd.fd_install(file);
+    // A descriptor number fits an int.
+    Ok(nr as c_int)
 }
 
 /// `KVM_REGISTER_COALESCED_MMIO2`: starts coalescing writes to a zone into a buffer's ring.
@@ -284,15 +328,15 @@ pub unsafe extern "C" fn kvm_vm_ioctl_register_coalesced_mmio2(
 }
 
 fn register_buffer_zone(vm: &Vm, request: BufferZone) -> Result {
-    // The order of the checks, and so which error comes first, as for the VM's ring: pio.
+    // The checks of the request come before the descriptor's, as the VM's ring checks `pio`.
+    if request.flags != 0 {
+        return Err(EINVAL);
+    }
     zone_bus(&request.zone)?;
     // The file reference is held until the zone is registered, so that the buffer's release,
     // which unregisters its zones, cannot run before the zone is on the list.
     let file = LocalFile::fget(request.buffer_fd)?;
     let buffer = buffer_of(vm, &file)?;
-    if buffer.ring.as_ref().is_none() {
-        return Err(enobufs());
-    }
     let zone = BufferedZone {
         buffer: buffer.into(),
     };
@@ -318,6 +362,9 @@ pub unsafe extern "C" fn kvm_vm_ioctl_unregister_coalesced_mmio2(
 }
 
 fn unregister_buffer_zones(vm: &Vm, request: BufferZone) -> Result {
+    if request.flags != 0 {
+        return Err(EINVAL);
+    }
     zone_bus(&request.zone)?;
     let file = LocalFile::fget(request.buffer_fd)?;
     let owner = buffer_of(vm, &file)?.owner();

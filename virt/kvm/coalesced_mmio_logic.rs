@@ -72,35 +72,52 @@ pub(crate) fn next_insert(first: u32, last: u32, max: u32) -> Option<Insert> {
     })
 }
 
-/// How many entries a coalesced MMIO buffer's ring has when its first mapping is `len` bytes
-/// long, or `None` when that length is refused: it must be 1 to `max_pages` whole pages of
-/// `page_size` bytes. A ring is a `header`-byte header and `entry`-byte entries, as many as fit.
+/// The bytes a coalesced MMIO buffer's ring of `entries` entries takes, rounded up to whole pages
+/// of `page_size` bytes: the `mmap_size` that userspace maps. `None` when `entries` is refused:
+/// it must be 2 to `max_entries` (a ring with a single entry could never hold anything, since
+/// one entry always stays free). A ring is a `header`-byte header and `entry`-byte entries.
 ///
-/// `len` comes from userspace (the length of an `mmap()`), so this cannot overflow or divide by
-/// zero whatever the arguments.
-pub(crate) fn buffer_ring_entries(
-    len: usize,
-    page_size: usize,
-    max_pages: usize,
+/// `entries` comes from userspace, so this cannot overflow or divide by zero whatever the
+/// arguments.
+pub(crate) fn buffer_ring_bytes(
+    entries: u32,
+    max_entries: u32,
     header: usize,
     entry: usize,
-) -> Option<u32> {
-    if page_size == 0 || len == 0 || !len.is_multiple_of(page_size) || len / page_size > max_pages {
+    page_size: usize,
+) -> Option<usize> {
+    if !(2..=max_entries).contains(&entries) || page_size == 0 {
         return None;
     }
-    let entries = len.checked_sub(header)?.checked_div(entry)?;
-    // A ring with a single entry could never hold anything: one entry always stays free.
-    if entries < 2 {
-        return None;
-    }
-    u32::try_from(entries).ok()
+    let bytes = usize::try_from(entries)
+        .ok()?
+        .checked_mul(entry)?
+        .checked_add(header)?;
+    bytes.checked_next_multiple_of(page_size)
+}
+
+/// Whether two zones share an address: `[a_addr, a_addr + a_size)` and `[b_addr, b_addr +
+/// b_size)`. A zone whose end wraps around `u64` contains no access ([`zone_contains`]), nor
+/// does a zone of size 0, so neither shares an address with anything.
+pub(crate) fn zones_overlap(a_addr: u64, a_size: u32, b_addr: u64, b_size: u32) -> bool {
+    let (Some(a_end), Some(b_end)) = (
+        a_addr.checked_add(u64::from(a_size)),
+        b_addr.checked_add(u64::from(b_size)),
+    ) else {
+        return false;
+    };
+    a_addr < b_end && b_addr < a_end
 }
 
 /// The edges of the range check and of the ring's slot and full test: run by `cargo test` on the
-/// host (`tests/host`, which adds properties against a transcription of the C) and by KUnit in
-/// the kernel when `kvm.ko` is loaded. KUnit's `assert!` takes no message, hence none here.
-#[cfg(any(test, CONFIG_KUNIT))]
-#[cfg_attr(CONFIG_KUNIT, kernel::prelude::kunit_tests(kvm_coalesced_mmio_logic))]
+/// host (`tests/host`, which adds properties against a transcription of the C) and, with
+/// `CONFIG_KVM_COALESCED_MMIO_RUST_KUNIT_TEST`, by KUnit in the kernel when `kvm.ko` is loaded.
+/// KUnit's `assert!` takes no message, hence none here.
+#[cfg(any(test, CONFIG_KVM_COALESCED_MMIO_RUST_KUNIT_TEST))]
+#[cfg_attr(
+    CONFIG_KVM_COALESCED_MMIO_RUST_KUNIT_TEST,
+    kernel::prelude::kunit_tests(kvm_coalesced_mmio_logic)
+)]
 mod tests {
     use super::*;
 
@@ -252,19 +269,38 @@ mod tests {
 
     #[test]
     fn buffer_sizes() {
-        let entries = |len| buffer_ring_entries(len, 4096, 64, 8, 24);
-        // One page holds what the VM's ring holds; 2 and 64 pages hold proportionally more.
-        assert_eq!(entries(4096), Some(MAX));
-        assert_eq!(entries(2 * 4096), Some(341));
-        assert_eq!(entries(64 * 4096), Some(10922));
-        for refused in [0, 1, 4095, 4097, 65 * 4096, usize::MAX, usize::MAX - 4095] {
-            assert_eq!(entries(refused), None);
+        let bytes = |entries| buffer_ring_bytes(entries, 8192, 8, 24, 4096);
+        // 170 entries fill one page as the VM's ring does; the next one needs a second page.
+        assert_eq!(bytes(2), Some(4096));
+        assert_eq!(bytes(MAX), Some(4096));
+        assert_eq!(bytes(MAX + 1), Some(2 * 4096));
+        // 8 + 8192 * 24 = 196616 bytes, in 49 pages; 64 KiB pages give 4 of them.
+        assert_eq!(bytes(8192), Some(49 * 4096));
+        assert_eq!(buffer_ring_bytes(8192, 8192, 8, 24, 65536), Some(4 * 65536));
+        for refused in [0, 1, 8193, u32::MAX] {
+            assert_eq!(bytes(refused), None);
         }
         // Degenerate parameters are refused, never a panic.
-        assert_eq!(buffer_ring_entries(4096, 0, 64, 8, 24), None);
-        assert_eq!(buffer_ring_entries(4096, 4096, 64, 8, 0), None);
-        assert_eq!(buffer_ring_entries(4096, 4096, 64, 4096, 24), None);
-        assert_eq!(buffer_ring_entries(16, 16, 64, 8, 24), None);
+        assert_eq!(buffer_ring_bytes(2, 8192, 8, 24, 0), None);
+        assert_eq!(
+            buffer_ring_bytes(u32::MAX, u32::MAX, usize::MAX, usize::MAX, 4096),
+            None
+        );
+        assert_eq!(buffer_ring_bytes(2, 2, usize::MAX - 8, 4, 4096), None);
+    }
+
+    #[test]
+    fn overlapping_zones() {
+        assert!(zones_overlap(0x70, 2, 0x71, 1));
+        assert!(zones_overlap(0x71, 1, 0x70, 2));
+        assert!(zones_overlap(0x1000, 8, 0x1000, 8));
+        assert!(zones_overlap(0, 1, 0, u32::MAX));
+        assert!(zones_overlap(u64::MAX - 8, 8, u64::MAX - 1, 1));
+        // Adjacent zones, zones of size 0 and zones that wrap share nothing.
+        assert!(!zones_overlap(0x70, 1, 0x71, 1));
+        assert!(!zones_overlap(0x71, 1, 0x70, 1));
+        assert!(!zones_overlap(0x70, 0, 0x70, 8));
+        assert!(!zones_overlap(u64::MAX - 1, 8, u64::MAX - 1, 1));
     }
 
     #[test]

@@ -17,13 +17,17 @@
 //! The abstractions over `struct kvm` and its buses live beside this file, in `rust/`, and
 //! are compiled into `kvm.ko` with it.
 
+#[cfg(CONFIG_KVM_COALESCED_MMIO_BUFFERS)]
 mod coalesced_mmio_buffer;
 mod coalesced_mmio_logic;
+mod coalesced_mmio_zones;
 
 // The buffers' entry points, which kvm_main.c calls like the four below.
+#[cfg(CONFIG_KVM_COALESCED_MMIO_BUFFERS)]
 pub use coalesced_mmio_buffer::{
-    kvm_coalesced_mmio_buffer_init, kvm_vm_ioctl_create_coalesced_mmio_buffer,
-    kvm_vm_ioctl_register_coalesced_mmio2, kvm_vm_ioctl_unregister_coalesced_mmio2,
+    kvm_coalesced_mmio_buffer_init, kvm_coalesced_mmio_buffer_max_entries,
+    kvm_vm_ioctl_create_coalesced_mmio_buffer, kvm_vm_ioctl_register_coalesced_mmio2,
+    kvm_vm_ioctl_unregister_coalesced_mmio2,
 };
 #[path = "rust/mod.rs"]
 mod kvm;
@@ -39,31 +43,19 @@ impl kernel::ModuleMetadata for LocalModule {
     const THIS_MODULE: kernel::ThisModule = kvm::this_module();
 }
 
-use coalesced_mmio_logic::{access_inside, next_insert, zone_contains};
+use coalesced_mmio_logic::access_inside;
+use coalesced_mmio_zones::{add_zone, append, pio_flag, unregister_ring_zones, VM_RING};
 use kernel::{error::from_result, ffi::c_int, prelude::*, static_lock_class};
 use kvm::{
     bindings,
-    coalesced::{self, RingGuard, Zone, ENTRY_DATA, VM_RING},
+    coalesced::{self, Zone, ENTRY_DATA},
     eopnotsupp,
-    iodev::{IoDevice, IoDeviceOps, IoRange},
-    Bus, Vm,
+    iodev::{IoDevice, IoDeviceOps},
+    Vm,
 };
 
 /// The device behind a registered zone; its range and VM live in the [`IoDevice`] around it.
 struct CoalescedZone;
-
-/// Whether a `len`-byte access at `addr` lies wholly inside `zone`.
-fn in_range(zone: &IoRange, addr: u64, len: i32) -> bool {
-    zone_contains(zone.addr, zone.size, addr, len)
-}
-
-/// The `pio` value of ring entries and zones on `bus`.
-fn pio_flag(bus: Bus) -> u32 {
-    match bus {
-        Bus::Mmio => 0,
-        Bus::Pio => 1,
-    }
-}
 
 #[vtable]
 impl IoDeviceOps for CoalescedZone {
@@ -91,34 +83,7 @@ impl IoDeviceOps for CoalescedZone {
             data,
             pio_flag(zone.bus),
         )
-    }
-}
-
-/// Appends a write to the ring whose lock `ring` holds; `EOPNOTSUPP` when it is full or userspace
-/// has corrupted `last`.
-#[inline(always)]
-fn append(ring: &mut RingGuard<'_>, addr: u64, data: &[u8], pio: u32) -> Result {
-    // Each index is read once: userspace may rewrite both at any time, and only the checked
-    // snapshot of `last` is used as an index (CVE-2019-14821).
-    let last = ring.last();
-    let Some(insert) = next_insert(ring.first(), last, ring.entries()) else {
-        return Err(eopnotsupp());
-    };
-
-    // Copy the data in the first free entry of the ring, then move `last`; publishing issues
-    // smp_wmb() first, so the VMM never sees `last` ahead of the entry.
-    ring.fill(insert.slot, addr, data, pio)
-        .map_err(|_| eopnotsupp())?;
-    ring.publish_last(insert.next_last);
-    Ok(())
-}
-
-/// The bus a zone goes on: its `pio` field must be 0 (MMIO) or 1 (PIO).
-fn zone_bus(zone: &Zone) -> Result<Bus> {
-    match zone.pio {
-        0 => Ok(Bus::Mmio),
-        1 => Ok(Bus::Pio),
-        _ => Err(EINVAL),
+        .map(|_was_empty| ())
     }
 }
 
@@ -171,17 +136,6 @@ fn register_zone(vm: &Vm, zone: Zone) -> Result {
     add_zone(vm, &zone, VM_RING, CoalescedZone)
 }
 
-/// Puts a device for `zone` on its bus, writing to the ring `owner` with `data`.
-fn add_zone<T: IoDeviceOps>(vm: &Vm, zone: &Zone, owner: usize, data: T) -> Result {
-    let range = IoRange {
-        bus: zone_bus(zone)?,
-        addr: zone.addr,
-        size: zone.size,
-    };
-    let dev = IoDevice::alloc(vm, range, owner, data)?;
-    vm.lock_slots().register_coalesced_zone(dev)
-}
-
 /// `KVM_UNREGISTER_COALESCED_MMIO`: stops coalescing every zone of the same kind (MMIO or PIO)
 /// that contains the requested range and writes to the VM's ring.
 ///
@@ -200,20 +154,4 @@ pub unsafe extern "C" fn kvm_vm_ioctl_unregister_coalesced_mmio(
 
 fn unregister_zones(vm: &Vm, request: Zone) -> Result {
     unregister_ring_zones(vm, request, VM_RING)
-}
-
-/// Unregisters the zones of the same bus as `request` that contain its range and write to the
-/// ring `owner`.
-fn unregister_ring_zones(vm: &Vm, request: Zone, owner: usize) -> Result {
-    let bus = zone_bus(&request)?;
-    // The C passes the u32 size where an int is expected: 2^31 and above turn negative and
-    // match no zone.
-    let len = request.size as i32;
-    vm.lock_slots()
-        .unregister_coalesced_zones(|zone, zone_owner| {
-            zone_owner == owner && zone.bus == bus && in_range(zone, request.addr, len)
-        });
-    // Ignore the result of kvm_io_bus_unregister_dev(): from userspace's perspective, the
-    // coalesced MMIO is most definitely unregistered.
-    Ok(())
 }

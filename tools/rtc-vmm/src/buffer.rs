@@ -3,7 +3,7 @@
 //! descriptor that a thread can poll() for entries while the vCPU runs.
 //!
 //! kvm-ioctls has no support for it (the API is ours, not upstream's), so this is the raw
-//! ioctl, mmap and poll, as Documentation/virt/kvm/api.rst (4.145, 4.146) describes them.
+//! ioctl, mmap and poll, as Documentation/virt/kvm/api.rst (4.146, 4.147) describes them.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -15,21 +15,36 @@ use kvm_bindings::{kvm_coalesced_mmio, kvm_coalesced_mmio_ring};
 pub const KVM_CAP_COALESCED_MMIO2: u32 = 252;
 
 const KVMIO: libc::c_ulong = 0xae;
-/// `_IO(KVMIO, 0xd6)`.
-const KVM_CREATE_COALESCED_MMIO_BUFFER: libc::c_ulong = KVMIO << 8 | 0xd6;
+/// `_IOWR(KVMIO, 0xd6, struct kvm_coalesced_mmio_buffer)`.
+const KVM_CREATE_COALESCED_MMIO_BUFFER: libc::c_ulong =
+    3 << 30 | (std::mem::size_of::<BufferRequest>() as libc::c_ulong) << 16 | KVMIO << 8 | 0xd6;
 /// `_IOW(KVMIO, 0xd7, struct kvm_coalesced_mmio_zone2)`.
 const KVM_REGISTER_COALESCED_MMIO2: libc::c_ulong =
     1 << 30 | (std::mem::size_of::<Zone2>() as libc::c_ulong) << 16 | KVMIO << 8 | 0xd7;
 
-/// `struct kvm_coalesced_mmio_zone2`, with its tail padding spelled out.
+/// `struct kvm_coalesced_mmio_buffer`.
+#[repr(C)]
+#[derive(Default)]
+struct BufferRequest {
+    flags: u32,
+    entries: u32,
+    mmap_size: u64,
+    reserved: [u64; 2],
+}
+
+/// `struct kvm_coalesced_mmio_zone2`.
 #[repr(C)]
 struct Zone2 {
     addr: u64,
     size: u32,
     pio: u32,
     buffer_fd: u32,
-    _pad: u32,
+    flags: u32,
 }
+
+// No padding: the layout is the same for 32-bit and 64-bit processes.
+const _: () = assert!(std::mem::size_of::<BufferRequest>() == 32);
+const _: () = assert!(std::mem::size_of::<Zone2>() == 24);
 
 /// A mapped buffer. One consumer at a time may take entries ([`Buffer::pop`]): callers hold a
 /// lock around it.
@@ -52,17 +67,22 @@ fn last_os_error<T>(what: &str) -> io::Result<T> {
 }
 
 impl Buffer {
-    /// Creates a buffer for the VM `vm_fd` and maps its ring, `pages` pages long.
-    pub fn new(vm_fd: RawFd, pages: usize) -> io::Result<Self> {
-        // SAFETY: an ioctl without argument on a file descriptor we were given.
-        let fd = unsafe { libc::ioctl(vm_fd, KVM_CREATE_COALESCED_MMIO_BUFFER as _) };
+    /// Creates a buffer of `entries` entries for the VM `vm_fd` and maps its ring.
+    pub fn new(vm_fd: RawFd, entries: u32) -> io::Result<Self> {
+        let mut request = BufferRequest {
+            entries,
+            ..Default::default()
+        };
+        // SAFETY: the ioctl reads and writes a `struct kvm_coalesced_mmio_buffer`, which
+        // `request` is, on a file descriptor we were given.
+        let fd = unsafe { libc::ioctl(vm_fd, KVM_CREATE_COALESCED_MMIO_BUFFER as _, &mut request) };
         if fd < 0 {
             return last_os_error("KVM_CREATE_COALESCED_MMIO_BUFFER");
         }
         // SAFETY: the ioctl returned a new file descriptor, which nothing else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        // SAFETY: sysconf has no preconditions.
-        let len = pages * unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
+        let len = usize::try_from(request.mmap_size)
+            .map_err(|_| io::Error::other("mmap_size does not fit this process"))?;
         // SAFETY: a new shared mapping of the buffer at an address the kernel chooses.
         let ring = unsafe {
             libc::mmap(
@@ -77,8 +97,6 @@ impl Buffer {
         if ring == libc::MAP_FAILED {
             return last_os_error("mmap of the coalesced MMIO buffer");
         }
-        let entries = ((len - std::mem::size_of::<kvm_coalesced_mmio_ring>())
-            / std::mem::size_of::<kvm_coalesced_mmio>()) as u32;
         Ok(Buffer {
             fd,
             ring: ring.cast(),
@@ -94,7 +112,7 @@ impl Buffer {
             size,
             pio: 1,
             buffer_fd: self.fd.as_raw_fd() as u32,
-            _pad: 0,
+            flags: 0,
         };
         // SAFETY: the ioctl reads a `struct kvm_coalesced_mmio_zone2`, which `zone` is.
         if unsafe { libc::ioctl(vm_fd, KVM_REGISTER_COALESCED_MMIO2 as _, &zone) } < 0 {

@@ -43,6 +43,8 @@ use cmos::{Cmos, DateTime};
 /// The PC RTC's index and data ports.
 const RTC_INDEX_PORT: u16 = 0x70;
 const RTC_DATA_PORT: u16 = 0x71;
+/// The coalesced MMIO buffer's ring: as many entries as the VM's ring has with 4 KiB pages.
+const BUFFER_ENTRIES: u32 = 170;
 /// Guest RAM: 64 KiB at guest-physical 0, enough for the code at 0x1000.
 const RAM_SIZE: usize = 0x10000;
 /// RTC accesses (index write + data access) per guest iteration.
@@ -229,7 +231,7 @@ impl Machine {
             if kvm.check_extension_raw(buffer::KVM_CAP_COALESCED_MMIO2.into()) <= 0 {
                 return fail("KVM lacks KVM_CAP_COALESCED_MMIO2 (coalesced MMIO buffers)");
             }
-            let b = Buffer::new(vm.as_raw_fd(), 1).map_err(|e| e.to_string())?;
+            let b = Buffer::new(vm.as_raw_fd(), BUFFER_ENTRIES).map_err(|e| e.to_string())?;
             b.register_pio(vm.as_raw_fd(), RTC_INDEX_PORT.into(), 1)
                 .map_err(|e| e.to_string())?;
             buffer = Some(Arc::new(b));

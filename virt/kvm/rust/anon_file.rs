@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! Files without an inode of their own, `anon_inode_getfd()`, whose operations are Rust.
+//! Files without an inode of their own, `anon_inode_getfile()`, whose operations are Rust.
 //!
 //! C header: [`include/linux/anon_inodes.h`](srctree/include/linux/anon_inodes.h)
 //!
@@ -16,15 +16,15 @@
 //! does the same for ours.
 
 use super::bindings;
-use core::marker::PhantomData;
+use core::{marker::PhantomData, ptr::NonNull};
 use kernel::{
     build_error,
-    error::{to_result, VTABLE_DEFAULT_ERROR},
+    error::{from_err_ptr, VTABLE_DEFAULT_ERROR},
     ffi::c_int,
     fs::{File, LocalFile},
     mm::virt::VmaNew,
     prelude::*,
-    sync::poll::PollTable,
+    sync::{aref::ARef, poll::PollTable},
     types::{ForeignOwnable, Opaque},
     ThisModule,
 };
@@ -114,23 +114,33 @@ impl<T: AnonFileOps> AnonFileType<T> {
         unsafe { (*self.ops.get()).owner = owner };
     }
 
-    /// Makes a new file of this type owning `data` and installs it in a new file descriptor
-    /// with `flags` (`O_*`), which it returns. On failure `data` is dropped.
-    pub(crate) fn create_fd(&'static self, name: &CStr, data: T::Ptr, flags: u32) -> Result<u32> {
+    /// Makes a new file of this type owning `data`, opened with `flags` (`O_*`). On failure
+    /// `data` is dropped. The caller installs the file in a descriptor, or drops it, which
+    /// releases it.
+    pub(crate) fn create_file(
+        &'static self,
+        name: &CStr,
+        data: T::Ptr,
+        flags: u32,
+    ) -> Result<ARef<File>> {
         let data = data.into_foreign();
         // SAFETY: `name` is a valid C string for the call; `self.ops` lives for ever. The new
-        // file owns `data`, which `release_callback` takes back. `anon_inode_getfd()` takes a
+        // file owns `data`, which `release_callback` takes back. `anon_inode_getfile()` takes a
         // reference to the table's owner for the file, or fails if that module is going away.
-        let fd = unsafe {
-            bindings::anon_inode_getfd(name.as_char_ptr(), self.ops.get(), data, flags as c_int)
+        let file = unsafe {
+            bindings::anon_inode_getfile(name.as_char_ptr(), self.ops.get(), data, flags as c_int)
         };
-        if let Err(e) = to_result(fd) {
-            // SAFETY: no file was made, so `data` from `into_foreign` above is still ours.
-            drop(unsafe { T::Ptr::from_foreign(data) });
-            return Err(e);
+        match from_err_ptr(file) {
+            // SAFETY: `anon_inode_getfile()` returned a new file with one reference, which is
+            // ours and which the `ARef` takes over; the file is not in any descriptor table, so
+            // no `fdget_pos` region can be open on it.
+            Ok(file) => Ok(unsafe { ARef::from_raw(NonNull::from(File::from_raw_file(file))) }),
+            Err(e) => {
+                // SAFETY: no file was made, so `data` from `into_foreign` above is still ours.
+                drop(unsafe { T::Ptr::from_foreign(data) });
+                Err(e)
+            }
         }
-        // Non-negative after `to_result`.
-        Ok(fd as u32)
     }
 
     /// The data of `file` if it is a file of this type, or `None` for any other file.
@@ -143,7 +153,7 @@ impl<T: AnonFileOps> AnonFileType<T> {
         if !core::ptr::eq(unsafe { (*raw).f_op }, self.ops.get()) {
             return None;
         }
-        // SAFETY: the file is ours, so `private_data` came from `into_foreign` in `create_fd`,
+        // SAFETY: the file is ours, so `private_data` came from `into_foreign` in `create_file`,
         // and it is only taken back by `release_callback`, which cannot run while `file` is
         // borrowed: the caller's reference keeps the file alive for `'a`.
         Some(unsafe { T::Ptr::borrow((*raw).private_data) })

@@ -16,9 +16,13 @@ use super::{
     iodev::{Header, IoDeviceOps, IoRange, NewIoDevice},
     smp_wmb, SlotsGuard, Vm,
 };
-use core::{marker::PhantomData, pin::Pin, ptr};
+use crate::coalesced_mmio_logic::zones_overlap;
+use core::{marker::PhantomData, pin::Pin};
 use kernel::{
-    error::{code::ENOMEM, to_result},
+    error::{
+        code::{EEXIST, ENOMEM},
+        to_result,
+    },
     prelude::*,
     sync::{
         atomic::{Atomic, Relaxed},
@@ -74,13 +78,15 @@ impl Zone {
     }
 }
 
-/// A zone as userspace passes it to `KVM_(UN)REGISTER_COALESCED_MMIO2`: a [`Zone`] and the file
-/// descriptor of the coalesced MMIO buffer it writes to.
+/// A zone as userspace passes it to `KVM_(UN)REGISTER_COALESCED_MMIO2`: a [`Zone`], the file
+/// descriptor of the coalesced MMIO buffer it writes to, and flags.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct BufferZone {
     pub(crate) zone: Zone,
     /// Any value at all: userspace's word that it is a buffer's file descriptor.
     pub(crate) buffer_fd: u32,
+    /// None are defined: anything but 0 is refused.
+    pub(crate) flags: u32,
 }
 
 impl BufferZone {
@@ -96,13 +102,18 @@ impl BufferZone {
             zone: Zone {
                 addr: zone.addr,
                 size: zone.size,
-                // SAFETY: as in `Zone::read_raw`.
-                pio: unsafe { zone.__bindgen_anon_1.pio },
+                pio: zone.pio,
             },
             buffer_fd: zone.buffer_fd,
+            flags: zone.flags,
         }
     }
 }
+
+// The UAPI structs of the buffers have no implicit padding, so they have the same layout for a
+// 32-bit VMM as for a 64-bit one, and every byte is one that userspace wrote.
+const _: () = assert!(core::mem::size_of::<bindings::kvm_coalesced_mmio_zone2>() == 24);
+const _: () = assert!(core::mem::size_of::<bindings::kvm_coalesced_mmio_buffer>() == 32);
 
 /// Sets up a new VM's coalesced MMIO state: its ring page, `ring_lock` and zone list.
 ///
@@ -231,17 +242,18 @@ impl<'a> RingView<'a> {
 /// A coalesced ring with its writers' lock held; the lock is released when it is dropped.
 ///
 /// Userspace owns `first` and may write any field at any time; with the lock, this guard is the
-/// only kernel writer of the entries and of `last`.
+/// only kernel writer of the entries and of `last`. `T` is what else the lock guards (nothing for
+/// the VM's ring).
 ///
 /// # Invariants
 ///
-/// `_guard` holds the lock that serialises the kernel's writers of `ring`.
-pub(crate) struct RingGuard<'a> {
-    _guard: SpinLockGuard<'a, ()>,
+/// `guard` holds the lock that serialises the kernel's writers of `ring`.
+pub(crate) struct RingGuard<'a, T = ()> {
+    guard: SpinLockGuard<'a, T>,
     ring: RingView<'a>,
 }
 
-impl<'a> core::ops::Deref for RingGuard<'a> {
+impl<'a, T> core::ops::Deref for RingGuard<'a, T> {
     type Target = RingView<'a>;
 
     fn deref(&self) -> &RingView<'a> {
@@ -249,16 +261,21 @@ impl<'a> core::ops::Deref for RingGuard<'a> {
     }
 }
 
-impl<'a> RingGuard<'a> {
+impl<'a, T> RingGuard<'a, T> {
     /// # Safety
     ///
     /// `guard` must hold the lock that every kernel writer of `ring` takes.
-    pub(crate) unsafe fn new(guard: SpinLockGuard<'a, ()>, ring: RingView<'a>) -> Self {
+    pub(crate) unsafe fn new(guard: SpinLockGuard<'a, T>, ring: RingView<'a>) -> Self {
         // INVARIANT: guaranteed by the caller.
-        RingGuard {
-            _guard: guard,
-            ring,
-        }
+        RingGuard { guard, ring }
+    }
+
+    /// What else the lock guards.
+    pub(crate) fn locked(&mut self) -> &mut T
+    where
+        T: Unpin,
+    {
+        &mut self.guard
     }
 
     /// Fills entry `slot` with a write of `data` at `addr`; `pio` is the zone's `pio` flag.
@@ -272,22 +289,18 @@ impl<'a> RingGuard<'a> {
             return Err(EINVAL);
         }
         // SAFETY: `ring` is valid by `RingView`'s invariant and `slot < entries`, so the entry
-        // lies inside the ring, and `data.len()` bytes fit in its `data`. The lock makes this the
-        // only kernel writer of the entry. The VMM reads an entry only once `last` covers it, so
-        // these plain stores, like C's, race only with a VMM that breaks the protocol, which can
-        // then read a torn entry of its own making; no Rust reference to the page is formed.
+        // lies inside the ring. The lock makes this the only kernel writer of the entry. The VMM
+        // may write the same bytes at any moment (it reads an entry only once `last` covers it,
+        // but nothing stops it from breaking that protocol), so every store is volatile: a race
+        // with userspace then tears the entry userspace raced with, and nothing else.
         unsafe {
             let entry = (&raw mut (*self.ring.ring).__bindgen_anon_1.coalesced_mmio)
                 .cast::<bindings::kvm_coalesced_mmio>()
                 .add(slot as usize);
-            (&raw mut (*entry).phys_addr).write(addr);
-            (&raw mut (*entry).len).write(data.len() as u32);
-            (&raw mut (*entry).__bindgen_anon_1.pio).write(pio);
-            ptr::copy_nonoverlapping(
-                data.as_ptr(),
-                (&raw mut (*entry).data).cast::<u8>(),
-                data.len(),
-            );
+            (&raw mut (*entry).phys_addr).write_volatile(addr);
+            (&raw mut (*entry).len).write_volatile(data.len() as u32);
+            (&raw mut (*entry).__bindgen_anon_1.pio).write_volatile(pio);
+            write_data_volatile((&raw mut (*entry).data).cast::<u8>(), data);
         }
         Ok(())
     }
@@ -303,12 +316,43 @@ impl<'a> RingGuard<'a> {
     }
 }
 
+/// Copies `data`, at most 8 bytes, to an entry's `data` with volatile stores, as many bytes as
+/// C's `memcpy()` copies there: an access of 1, 2, 4 or 8 bytes is one store of that width.
+///
+/// # Safety
+///
+/// `dst` must be the `data` member of a ring entry, 8-byte aligned and valid for writes of 8
+/// bytes, and `data.len() <= 8`.
+#[inline(always)]
+unsafe fn write_data_volatile(dst: *mut u8, data: &[u8]) {
+    // SAFETY (each arm): `dst` is valid for `data.len()` bytes and aligned for any width up to 8.
+    unsafe {
+        match *data {
+            [a] => dst.write_volatile(a),
+            [a, b] => dst.cast::<u16>().write_volatile(u16::from_ne_bytes([a, b])),
+            [a, b, c, d] => dst
+                .cast::<u32>()
+                .write_volatile(u32::from_ne_bytes([a, b, c, d])),
+            [a, b, c, d, e, f, g, h] => dst
+                .cast::<u64>()
+                .write_volatile(u64::from_ne_bytes([a, b, c, d, e, f, g, h])),
+            _ => {
+                for (i, byte) in data.iter().enumerate() {
+                    dst.add(i).write_volatile(*byte);
+                }
+            }
+        }
+    }
+}
+
 impl SlotsGuard<'_> {
     /// Puts a coalesced zone's device on its bus and appends it to the VM's zone list.
     ///
-    /// On failure the device is freed and the bus's error returned: `ENOMEM`, or `ENOSPC` when
-    /// the bus already holds its maximum number of devices. A device made for another VM is
-    /// refused with `EINVAL`.
+    /// On failure the device is freed and an error returned: `EEXIST` when the zone shares an
+    /// address with a zone of another ring on its bus (so that a write is never coalesced into a
+    /// ring other than the one its zone names, whichever ring is full), or the bus's error:
+    /// `ENOMEM`, or `ENOSPC` when the bus already holds its maximum number of devices. A device
+    /// made for another VM is refused with `EINVAL`.
     pub(crate) fn register_coalesced_zone<T: IoDeviceOps>(
         &mut self,
         dev: NewIoDevice<'_, T>,
@@ -318,6 +362,14 @@ impl SlotsGuard<'_> {
             return Err(EINVAL);
         }
         let range = dev.dev.header.range;
+        let owner = dev.dev.header.owner;
+        if self.any_coalesced_zone(|zone, zone_owner| {
+            zone_owner != owner
+                && zone.bus == range.bus
+                && zones_overlap(zone.addr, zone.size, range.addr, range.size)
+        }) {
+            return Err(EEXIST);
+        }
         let (dev, raw) = dev.into_raw();
         // SAFETY: `slots_lock` is held as `kvm_io_bus_register_dev()` requires; `raw` is the C
         // device inside a leaked box, which stays valid until its destructor runs.
@@ -345,6 +397,27 @@ impl SlotsGuard<'_> {
             )
         };
         Ok(())
+    }
+
+    /// Whether `matches(range, owner)` holds for any zone on the VM's list.
+    fn any_coalesced_zone(&self, mut matches: impl FnMut(&IoRange, usize) -> bool) -> bool {
+        let kvm = self.vm().as_raw();
+        // SAFETY: `slots_lock` is held, so the list and its entries stay as they are. Every entry
+        // is the `link` of a registered `IoDevice`, whose `Header` is readable without knowing
+        // its data type.
+        unsafe {
+            let head = &raw mut (*kvm).coalesced_zones;
+            let mut pos = (*head).next;
+            while pos != head {
+                let header =
+                    kernel::container_of!(pos.cast::<Opaque<bindings::list_head>>(), Header, link);
+                if matches(&(*header).range, (*header).owner) {
+                    return true;
+                }
+                pos = (*pos).next;
+            }
+        }
+        false
     }
 
     /// Unregisters, from its bus, every zone on the VM's list for which `matches(range, owner)`

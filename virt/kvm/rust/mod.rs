@@ -64,18 +64,6 @@ pub(crate) fn eopnotsupp() -> Error {
     }
 }
 
-/// `ENOBUFS`: registering a zone onto a coalesced MMIO buffer that has no ring yet.
-pub(crate) fn enobufs() -> Error {
-    #[cfg(not(kernel_lacks_errno_constants))]
-    {
-        kernel::error::code::ENOBUFS
-    }
-    #[cfg(kernel_lacks_errno_constants)]
-    {
-        Error::from_errno(-(bindings::ENOBUFS as kernel::ffi::c_int))
-    }
-}
-
 /// `smp_wmb()`: orders the stores before it before those after it, as seen by other CPUs (and so
 /// by the VMM).
 #[inline(always)]

@@ -89,16 +89,18 @@ static void test_only_buffer_left(const char *vendor, bool keep_fd)
 {
 	const char *what = keep_fd ? "file descriptor" : "mapping";
 	struct kvm_coalesced_mmio_zone2 zone = { .addr = PIO_PORT, .size = 1, .pio = 1 };
+	struct kvm_coalesced_mmio_buffer req = { .entries = 2 * WRITES };
 	struct kvm_coalesced_mmio_ring *ring;
-	size_t len = getpagesize();
 	long before = refcnt(vendor);
+	size_t len;
 	struct kvm_vcpu *vcpu;
 	struct kvm_vm *vm;
 	int fd, r, i;
 
 	vm = vm_create_with_one_vcpu(&vcpu, guest_code);
-	fd = ioctl(vm->fd, KVM_CREATE_COALESCED_MMIO_BUFFER);
+	fd = ioctl(vm->fd, KVM_CREATE_COALESCED_MMIO_BUFFER, &req);
 	TEST_ASSERT(fd >= 0, "KVM_CREATE_COALESCED_MMIO_BUFFER: %s", strerror(errno));
+	len = req.mmap_size;
 	ring = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
 	TEST_ASSERT(ring != MAP_FAILED, "mmap of the buffer: %s", strerror(errno));
 	zone.buffer_fd = fd;

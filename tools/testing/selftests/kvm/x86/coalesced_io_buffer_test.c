@@ -1,13 +1,14 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
  * Coalesced MMIO buffers (KVM_CAP_COALESCED_MMIO2): rings with a file descriptor of their own,
- * sized by their first mmap(), pollable, safe across fork() and against hostile indices.
+ * of the number of entries asked for, pollable, safe across fork() and against hostile indices.
  *
  * The cases of the 2024 "KVM: Improve MMIO Coalescing API" series' test (initial indices, full
  * with one slot free, a ucall mid-batch, two zones to two rings, re-registration onto another
  * ring, unmap and close unregister), and what its review asked for: poll() waking a blocked
  * thread, fork(), ring sizes, four vCPUs with a draining thread, closing the buffer while vCPUs
- * write, a VM destroyed with buffers open, and every error code.
+ * write, a VM destroyed with buffers open, and every error code; and the ordering rules: a full
+ * ring exits with its entries still in it, and zones of two rings never share an address.
  */
 #include <errno.h>
 #include <poll.h>
@@ -34,7 +35,6 @@
 #define MMIO_GPA	(4ull * SZ_1G)	/* no memslot here: identity-mapped MMIO */
 #define PIO_PORT	0x80
 #define UCALL_PORT	0x1000	/* x86 ucalls are OUTs to this port */
-#define MAX_PAGES	KVM_COALESCED_MMIO_BUFFER_MAX_PAGES
 #define NR_VCPUS	4
 #define WRITES		3000	/* per vCPU and per ring in the four-vCPU case */
 
@@ -69,8 +69,8 @@ static void guest_code(void)
 struct buffer {
 	int fd;
 	struct kvm_coalesced_mmio_ring *ring;
-	size_t len;
-	uint32_t max;
+	size_t len;	/* mmap_size */
+	uint32_t max;	/* entries */
 };
 
 struct ctx {
@@ -80,18 +80,39 @@ struct ctx {
 };
 
 static size_t page;
+static uint32_t max_entries;	/* KVM_CHECK_EXTENSION(KVM_CAP_COALESCED_MMIO2) */
+static uint32_t page_entries;	/* what a page holds: 170 with 4 KiB pages, as the VM's ring */
 
-static uint32_t entries_of(size_t len)
+/* KVM_CREATE_COALESCED_MMIO_BUFFER: the fd, or -errno; the request as KVM left it in *req. */
+static int try_create(struct kvm_vm *vm, struct kvm_coalesced_mmio_buffer *req)
 {
-	return (len - sizeof(struct kvm_coalesced_mmio_ring)) / sizeof(struct kvm_coalesced_mmio);
+	int fd = ioctl(vm->fd, KVM_CREATE_COALESCED_MMIO_BUFFER, req);
+
+	return fd < 0 ? -errno : fd;
 }
 
-static int create_buffer(struct kvm_vm *vm)
+/* mmap_size for a ring of `entries`: the header and the entries, in whole pages. */
+static size_t ring_bytes(uint32_t entries)
 {
-	int fd = ioctl(vm->fd, KVM_CREATE_COALESCED_MMIO_BUFFER);
+	size_t bytes = sizeof(struct kvm_coalesced_mmio_ring) +
+		       entries * sizeof(struct kvm_coalesced_mmio);
 
-	TEST_ASSERT(fd >= 0, "KVM_CREATE_COALESCED_MMIO_BUFFER: %s", strerror(errno));
+	return (bytes + page - 1) / page * page;
+}
+
+static int create_buffer(struct kvm_vm *vm, uint32_t entries, size_t *mmap_size)
+{
+	struct kvm_coalesced_mmio_buffer req = { .entries = entries };
+	int fd = try_create(vm, &req);
+
+	TEST_ASSERT(fd >= 0, "KVM_CREATE_COALESCED_MMIO_BUFFER(%u): %s", entries, strerror(-fd));
 	TEST_ASSERT(fcntl(fd, F_GETFD) & FD_CLOEXEC, "a buffer fd must be close-on-exec");
+	TEST_ASSERT(req.mmap_size == ring_bytes(entries), "%u entries: mmap_size %llu, not %zu",
+		    entries, req.mmap_size, ring_bytes(entries));
+	TEST_ASSERT(req.flags == 0 && req.entries == entries && !req.reserved[0] && !req.reserved[1],
+		    "KVM changed the request's input fields");
+	if (mmap_size)
+		*mmap_size = req.mmap_size;
 	return fd;
 }
 
@@ -104,14 +125,14 @@ static int map_ring(int fd, size_t len, int flags, off_t off, void **ring)
 	return p == MAP_FAILED ? -errno : 0;
 }
 
-static struct buffer new_buffer(struct kvm_vm *vm, size_t len)
+static struct buffer new_buffer(struct kvm_vm *vm, uint32_t entries)
 {
-	struct buffer b = { .fd = create_buffer(vm), .len = len };
+	struct buffer b = { .max = entries };
 	void *p;
 
-	TEST_ASSERT_EQ(map_ring(b.fd, len, MAP_SHARED, 0, &p), 0);
+	b.fd = create_buffer(vm, entries, &b.len);
+	TEST_ASSERT_EQ(map_ring(b.fd, b.len, MAP_SHARED, 0, &p), 0);
 	b.ring = p;
-	b.max = entries_of((len + page - 1) / page * page);
 	/* The series' first case: a new ring starts empty at 0. */
 	TEST_ASSERT(b.ring->first == 0 && b.ring->last == 0, "new ring at %u/%u",
 		    b.ring->first, b.ring->last);
@@ -124,13 +145,19 @@ static void free_buffer(struct buffer *b)
 	close(b->fd);
 }
 
+static int zone2_flags(struct kvm_vm *vm, unsigned long nr, uint64_t addr, uint32_t size,
+		       uint32_t pio, uint32_t fd, uint32_t flags)
+{
+	struct kvm_coalesced_mmio_zone2 z = { .addr = addr, .size = size, .pio = pio,
+					      .buffer_fd = fd, .flags = flags };
+
+	return ioctl(vm->fd, nr, &z) ? -errno : 0;
+}
+
 static int zone2(struct kvm_vm *vm, unsigned long nr, uint64_t addr, uint32_t size, uint32_t pio,
 		 uint32_t fd)
 {
-	struct kvm_coalesced_mmio_zone2 z = { .addr = addr, .size = size, .pio = pio,
-					      .buffer_fd = fd };
-
-	return ioctl(vm->fd, nr, &z) ? -errno : 0;
+	return zone2_flags(vm, nr, addr, size, pio, fd, 0);
 }
 
 static int reg2(struct kvm_vm *vm, uint64_t addr, uint32_t size, uint32_t pio, uint32_t fd)
@@ -211,27 +238,70 @@ static bool guest_write(struct ctx *c, uint32_t pio, uint64_t addr, uint32_t len
 static void test_errors(struct ctx *c)
 {
 	struct ctx other = new_ctx();
+	struct kvm_coalesced_mmio_buffer req;
 	struct buffer b, theirs;
 	int fd, efd, ret, n;
+	uint32_t i;
 	void *p;
 
-	fd = create_buffer(c->vm);
-	TEST_ASSERT_EQ(reg2(c->vm, MMIO_GPA, 8, 0, fd), -ENOBUFS);
-	/* Refused mappings leave the buffer unmapped. */
-	TEST_ASSERT_EQ(map_ring(fd, (MAX_PAGES + 1) * page, MAP_SHARED, 0, &p), -EINVAL);
-	TEST_ASSERT_EQ(map_ring(fd, page, MAP_SHARED, page, &p), -EINVAL);
-	TEST_ASSERT_EQ(map_ring(fd, page, MAP_PRIVATE, 0, &p), -EINVAL);
-	TEST_ASSERT_EQ(map_ring(fd, 0, MAP_SHARED, 0, &p), -EINVAL);
-	TEST_ASSERT_EQ(reg2(c->vm, MMIO_GPA, 8, 0, fd), -ENOBUFS);
+	/* Creation: the entries 2 to the maximum, flags and reserved 0, a readable request. */
+	const uint32_t bad_entries[] = { 0, 1, max_entries + 1, UINT32_MAX };
+	for (i = 0; i < ARRAY_SIZE(bad_entries); i++) {
+		req = (struct kvm_coalesced_mmio_buffer){ .entries = bad_entries[i] };
+		TEST_ASSERT_EQ(try_create(c->vm, &req), -EINVAL);
+		TEST_ASSERT_EQ(req.mmap_size, 0);
+	}
+	req = (struct kvm_coalesced_mmio_buffer){ .entries = 2, .flags = 1 };
+	TEST_ASSERT_EQ(try_create(c->vm, &req), -EINVAL);
+	req = (struct kvm_coalesced_mmio_buffer){ .entries = 2, .flags = 1u << 31 };
+	TEST_ASSERT_EQ(try_create(c->vm, &req), -EINVAL);
+	req = (struct kvm_coalesced_mmio_buffer){ .entries = 2, .reserved = { 1, 0 } };
+	TEST_ASSERT_EQ(try_create(c->vm, &req), -EINVAL);
+	req = (struct kvm_coalesced_mmio_buffer){ .entries = 2, .reserved = { 0, 1ull << 63 } };
+	TEST_ASSERT_EQ(try_create(c->vm, &req), -EINVAL);
+	TEST_ASSERT_EQ(try_create(c->vm, NULL), -EFAULT);
+	/* A valid request that KVM can read but not write back: no descriptor is left behind. */
+	p = mmap(NULL, page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	TEST_ASSERT(p != MAP_FAILED, "mmap");
+	*(struct kvm_coalesced_mmio_buffer *)p = (struct kvm_coalesced_mmio_buffer){ .entries = 2 };
+	TEST_ASSERT_EQ(mprotect(p, page, PROT_READ), 0);
+	fd = dup(0);
+	close(fd);
+	TEST_ASSERT_EQ(try_create(c->vm, p), -EFAULT);
+	TEST_ASSERT_EQ(((struct kvm_coalesced_mmio_buffer *)p)->mmap_size, 0);
+	munmap(p, page);
+	TEST_ASSERT_EQ(dup(0), fd);
 	close(fd);
 
-	b = new_buffer(c->vm, page);
-	/* Later mappings: the same length or nothing. */
-	TEST_ASSERT_EQ(map_ring(b.fd, 2 * page, MAP_SHARED, 0, &p), -EINVAL);
-	TEST_ASSERT_EQ(map_ring(b.fd, page, MAP_SHARED, 0, &p), 0);
-	TEST_ASSERT(p != b.ring, "a second mapping at the same address");
-	munmap(p, page);
+	/* Mappings: shared, at offset 0, mmap_size long; a zone needs none of them. */
+	fd = create_buffer(c->vm, 3 * page_entries, NULL);
+	TEST_ASSERT_EQ(reg2(c->vm, MMIO_GPA, 8, 0, fd), 0);
+	TEST_ASSERT_EQ(unreg2(c->vm, MMIO_GPA, 8, 0, fd), 0);
+	TEST_ASSERT_EQ(map_ring(fd, 4 * page, MAP_SHARED, 0, &p), -EINVAL);
+	TEST_ASSERT_EQ(map_ring(fd, 2 * page, MAP_SHARED, 0, &p), -EINVAL);
+	TEST_ASSERT_EQ(map_ring(fd, page, MAP_SHARED, 0, &p), -EINVAL);
+	TEST_ASSERT_EQ(map_ring(fd, 3 * page, MAP_SHARED, page, &p), -EINVAL);
+	TEST_ASSERT_EQ(map_ring(fd, 3 * page, MAP_PRIVATE, 0, &p), -EINVAL);
+	TEST_ASSERT_EQ(map_ring(fd, 0, MAP_SHARED, 0, &p), -EINVAL);
+	/* mmap() rounds a length up to whole pages before KVM sees it. */
+	TEST_ASSERT_EQ(map_ring(fd, 3 * page - 1, MAP_SHARED, 0, &p), 0);
+	munmap(p, 3 * page);
+	close(fd);
 
+	b = new_buffer(c->vm, page_entries);
+	TEST_ASSERT_EQ(map_ring(b.fd, b.len, MAP_SHARED, 0, &p), 0);
+	TEST_ASSERT(p != b.ring, "a second mapping at the same address");
+	munmap(p, b.len);
+
+	TEST_ASSERT_EQ(zone2_flags(c->vm, KVM_REGISTER_COALESCED_MMIO2, MMIO_GPA, 8, 0, b.fd, 1),
+		       -EINVAL);
+	TEST_ASSERT_EQ(zone2_flags(c->vm, KVM_REGISTER_COALESCED_MMIO2, MMIO_GPA, 8, 0, b.fd,
+				   1u << 31), -EINVAL);
+	TEST_ASSERT_EQ(zone2_flags(c->vm, KVM_UNREGISTER_COALESCED_MMIO2, MMIO_GPA, 8, 0, b.fd, 1),
+		       -EINVAL);
+	/* Flags are checked before the descriptor. */
+	TEST_ASSERT_EQ(zone2_flags(c->vm, KVM_REGISTER_COALESCED_MMIO2, MMIO_GPA, 8, 0, UINT32_MAX,
+				   1), -EINVAL);
 	TEST_ASSERT_EQ(reg2(c->vm, MMIO_GPA, 8, 2, b.fd), -EINVAL);
 	TEST_ASSERT_EQ(reg2(c->vm, MMIO_GPA, 8, UINT32_MAX, b.fd), -EINVAL);
 	TEST_ASSERT_EQ(unreg2(c->vm, MMIO_GPA, 8, 2, b.fd), -EINVAL);
@@ -247,7 +317,7 @@ static void test_errors(struct ctx *c)
 	close(efd);
 	TEST_ASSERT_EQ(reg2(c->vm, MMIO_GPA, 8, 0, efd), -EBADF);
 	/* Another VM's buffer. */
-	theirs = new_buffer(other.vm, page);
+	theirs = new_buffer(other.vm, page_entries);
 	TEST_ASSERT_EQ(reg2(c->vm, MMIO_GPA, 8, 0, theirs.fd), -EINVAL);
 	TEST_ASSERT_EQ(unreg2(c->vm, MMIO_GPA, 8, 0, theirs.fd), -EINVAL);
 	free_buffer(&theirs);
@@ -266,24 +336,26 @@ static void test_errors(struct ctx *c)
 	free_buffer(&b);
 	TEST_ASSERT_EQ(legacy(c->vm, KVM_REGISTER_COALESCED_MMIO, 0x5000, 1, 1), 0);
 	TEST_ASSERT_EQ(legacy(c->vm, KVM_UNREGISTER_COALESCED_MMIO, 0x5000, 1, 1), 0);
-	printf("errors: ENOBUFS, EINVAL, EBADF, ENOSPC after %d zones; closing freed the bus\n", n);
+	printf("errors: EINVAL, EFAULT, EBADF, ENOSPC after %d zones; closing freed the bus\n", n);
 }
 
-/* Rings of 1, 2 and 64 pages fill up to one free slot; an unaligned length is rounded up. */
+/*
+ * Rings of 2, a page's worth, one more and the most entries fill up to one free slot, whatever
+ * the page size; the write that finds the ring full exits with every earlier write still in the
+ * ring, in order (so a VMM drains the ring before it handles the exit).
+ */
 static void test_sizes(struct ctx *c)
 {
-	const size_t lens[] = { page, 2 * page, MAX_PAGES * page, page + 1 };
+	const uint32_t sizes[] = { 2, page_entries, page_entries + 1, max_entries };
 	size_t i;
 
-	for (i = 0; i < ARRAY_SIZE(lens); i++) {
-		struct buffer b = new_buffer(c->vm, lens[i]);
+	for (i = 0; i < ARRAY_SIZE(sizes); i++) {
+		struct buffer b = new_buffer(c->vm, sizes[i]);
 		uint32_t got, slot;
-		void *p;
 
 		TEST_ASSERT_EQ(reg2(c->vm, MMIO_GPA, 8, 0, b.fd), 0);
 		got = guest_writes(c, 0, MMIO_GPA, 8, 0x1000, b.max);
-		TEST_ASSERT(got == b.max - 1, "%zu-byte ring took %u of %u writes", lens[i], got,
-			    b.max);
+		TEST_ASSERT(got == b.max - 1, "%u-entry ring took %u writes", b.max, got);
 		TEST_ASSERT(b.ring->first == 0 && b.ring->last == b.max - 1, "indices %u/%u",
 			    b.ring->first, b.ring->last);
 		for (slot = 0; slot < b.max - 1; slot += 97)
@@ -295,23 +367,58 @@ static void test_sizes(struct ctx *c)
 		WRITE_ONCE(b.ring->first, 1);
 		TEST_ASSERT(guest_write(c, 0, MMIO_GPA, 8, 7), "no room after consuming one");
 		TEST_ASSERT(!guest_write(c, 0, MMIO_GPA, 8, 8), "room for two after consuming one");
-		if (lens[i] % page) {
-			/* mmap() made it two pages: two pages map it again, one page does not. */
-			TEST_ASSERT_EQ(map_ring(b.fd, 2 * page, MAP_SHARED, 0, &p), 0);
-			munmap(p, 2 * page);
-			TEST_ASSERT_EQ(map_ring(b.fd, page, MAP_SHARED, 0, &p), -EINVAL);
-		}
 		free_buffer(&b);
 		TEST_ASSERT(!guest_write(c, 0, MMIO_GPA, 8, 9), "zone outlived its buffer");
-		printf("ring of %zu bytes: %u entries, %u coalesced before the first exit\n",
-		       lens[i], b.max, got);
+		printf("ring of %u entries in %zu bytes: %u coalesced before the exit\n", b.max,
+		       b.len, got);
 	}
+}
+
+/*
+ * Zones of different rings never share an address on a bus, so a write goes to the ring its zone
+ * names or exits, even when that ring is full: EEXIST, between buffers and between a buffer and
+ * the VM's ring. Zones of one ring may overlap, as KVM_REGISTER_COALESCED_MMIO always allowed.
+ */
+static void test_overlap(struct ctx *c)
+{
+	struct buffer a = new_buffer(c->vm, 2), b = new_buffer(c->vm, page_entries);
+
+	TEST_ASSERT_EQ(reg2(c->vm, MMIO_GPA, 16, 0, a.fd), 0);
+	TEST_ASSERT_EQ(reg2(c->vm, MMIO_GPA + 8, 4, 0, b.fd), -EEXIST);
+	TEST_ASSERT_EQ(reg2(c->vm, MMIO_GPA - 8, 9, 0, b.fd), -EEXIST);
+	TEST_ASSERT_EQ(legacy(c->vm, KVM_REGISTER_COALESCED_MMIO, MMIO_GPA + 15, 1, 0), -EEXIST);
+	/* The same ring, another bus, or next to the zone: allowed. */
+	TEST_ASSERT_EQ(reg2(c->vm, MMIO_GPA + 8, 4, 0, a.fd), 0);
+	TEST_ASSERT_EQ(reg2(c->vm, MMIO_GPA, 16, 1, b.fd), 0);
+	TEST_ASSERT_EQ(reg2(c->vm, MMIO_GPA + 16, 8, 0, b.fd), 0);
+	TEST_ASSERT_EQ(legacy(c->vm, KVM_REGISTER_COALESCED_MMIO, MMIO_GPA - 8, 8, 0), 0);
+	TEST_ASSERT_EQ(reg2(c->vm, MMIO_GPA - 4, 4, 0, b.fd), -EEXIST);
+	/* Ring a is full after one write: the next one exits instead of reaching ring b. */
+	TEST_ASSERT(guest_write(c, 0, MMIO_GPA + 8, 4, 1), "write not coalesced into a");
+	TEST_ASSERT(!guest_write(c, 0, MMIO_GPA + 8, 4, 2), "write coalesced into a full ring");
+	TEST_ASSERT(a.ring->last == 1 && b.ring->last == 0 && c->vm_ring->last == 0,
+		    "entries went to the wrong rings: %u %u %u", a.ring->last, b.ring->last,
+		    c->vm_ring->last);
+	/*
+	 * Unregistered, the zones no longer stand in the way. Unregistering removes the zones that
+	 * contain the requested range: the 16-byte zone first, then the 4-byte one it contained.
+	 */
+	TEST_ASSERT_EQ(unreg2(c->vm, MMIO_GPA, 16, 0, a.fd), 0);
+	TEST_ASSERT_EQ(reg2(c->vm, MMIO_GPA + 8, 4, 0, b.fd), -EEXIST);
+	TEST_ASSERT_EQ(unreg2(c->vm, MMIO_GPA + 8, 4, 0, a.fd), 0);
+	TEST_ASSERT_EQ(reg2(c->vm, MMIO_GPA + 8, 4, 0, b.fd), 0);
+	TEST_ASSERT(guest_write(c, 0, MMIO_GPA + 8, 4, 3), "write not coalesced into b");
+	check_entry(b.ring, 0, 0, MMIO_GPA + 8, 4, 3);
+	TEST_ASSERT_EQ(legacy(c->vm, KVM_UNREGISTER_COALESCED_MMIO, MMIO_GPA - 8, 8, 0), 0);
+	free_buffer(&a);
+	free_buffer(&b);
+	printf("overlap: EEXIST between rings; a full ring's zone exits, it never spills over\n");
 }
 
 /* The series' cases: batches across ucalls, two rings, re-registration, unmap and close. */
 static void test_series_cases(struct ctx *c)
 {
-	struct buffer a = new_buffer(c->vm, page), b = new_buffer(c->vm, page);
+	struct buffer a = new_buffer(c->vm, page_entries), b = new_buffer(c->vm, page_entries);
 	uint32_t i;
 
 	/* A ucall mid-batch leaves the ring as it is: 10 writes, an exit, 10 more. */
@@ -372,7 +479,7 @@ static void test_series_cases(struct ctx *c)
 /* CVE-2019-14821 for buffers: a hostile `last` is never an index, `first` only compared. */
 static void test_hostile_indices(struct ctx *c)
 {
-	struct buffer b = new_buffer(c->vm, page);
+	struct buffer b = new_buffer(c->vm, page_entries);
 	const uint32_t bad[] = { b.max, b.max + 1, 1u << 31, UINT32_MAX };
 	size_t end = sizeof(*b.ring) + b.max * sizeof(struct kvm_coalesced_mmio), off;
 	static uint8_t before[SZ_4K];
@@ -419,26 +526,18 @@ static double ms_between(struct timespec a, struct timespec b)
 	return (b.tv_sec - a.tv_sec) * 1e3 + (b.tv_nsec - a.tv_nsec) / 1e6;
 }
 
-/* A thread blocked in poll() wakes on the first write; an empty ring is not readable. */
-static void test_poll(struct ctx *c)
+/* A thread blocks in poll() on the empty ring `b`; a write of `val` must wake it. */
+static void blocked_poll_wakes(struct ctx *c, struct buffer *b, uint64_t val)
 {
-	struct buffer b = new_buffer(c->vm, page);
-	struct poller p = { .fd = b.fd };
-	struct pollfd pfd = { .fd = b.fd, .events = POLLIN };
+	struct poller p = { .fd = b->fd };
 	struct timespec wrote;
 	pthread_t thread;
-	int unmapped = create_buffer(c->vm);
 
-	TEST_ASSERT_EQ(poll(&pfd, 1, 0), 0);
-	pfd.fd = unmapped;
-	TEST_ASSERT_EQ(poll(&pfd, 1, 0), 0);
-	close(unmapped);
-	TEST_ASSERT_EQ(reg2(c->vm, PIO_PORT, 1, 1, b.fd), 0);
 	pthread_create(&thread, NULL, poll_thread, &p);
 	/* Give the thread time to block; a write before it does would still be reported. */
 	usleep(200 * 1000);
 	clock_gettime(CLOCK_MONOTONIC, &wrote);
-	TEST_ASSERT(guest_write(c, 1, PIO_PORT, 1, 0x5a), "write not coalesced");
+	TEST_ASSERT(guest_write(c, 1, PIO_PORT, 1, val), "write not coalesced");
 	pthread_join(thread, NULL);
 	TEST_ASSERT(p.ret == 1 && p.revents == (POLLIN | POLLRDNORM),
 		    "poll returned %d, revents 0x%x", p.ret, p.revents);
@@ -447,17 +546,50 @@ static void test_poll(struct ctx *c)
 		    ms_between(wrote, p.woke));
 	printf("poll: the blocked thread woke %.3f ms after the write began\n",
 	       ms_between(wrote, p.woke));
+}
+
+/*
+ * A thread blocked in poll() wakes on the first write into the empty ring, every time; a ring
+ * with entries is readable at once, an empty one is not. (KVM wakes pollers only when the ring
+ * goes from empty to not empty.)
+ */
+static void test_poll(struct ctx *c)
+{
+	struct buffer b = new_buffer(c->vm, page_entries);
+	struct pollfd pfd = { .fd = b.fd, .events = POLLIN };
+	int unmapped = create_buffer(c->vm, 2, NULL);
+
+	TEST_ASSERT_EQ(poll(&pfd, 1, 0), 0);
+	pfd.fd = unmapped;
+	TEST_ASSERT_EQ(poll(&pfd, 1, 0), 0);
+	close(unmapped);
 	pfd.fd = b.fd;
+	TEST_ASSERT_EQ(reg2(c->vm, PIO_PORT, 1, 1, b.fd), 0);
+	blocked_poll_wakes(c, &b, 0x5a);
+	TEST_ASSERT_EQ(poll(&pfd, 1, 0), 1);
+	/* Another write into a ring that has entries: still readable, nobody to wake. */
+	TEST_ASSERT(guest_write(c, 1, PIO_PORT, 1, 0x5b), "write not coalesced");
 	TEST_ASSERT_EQ(poll(&pfd, 1, 0), 1);
 	WRITE_ONCE(b.ring->first, b.ring->last);
 	TEST_ASSERT_EQ(poll(&pfd, 1, 0), 0);
+	/* Drained by userspace alone: the next write into the empty ring wakes a poller again. */
+	blocked_poll_wakes(c, &b, 0x5c);
+	check_entry(b.ring, 2, 1, PIO_PORT, 1, 0x5c);
+	WRITE_ONCE(b.ring->first, b.ring->last);
+	/* Nobody polled since: the write wakes nobody; a poll then finds it. */
+	TEST_ASSERT(guest_write(c, 1, PIO_PORT, 1, 0x5d), "write not coalesced");
+	TEST_ASSERT_EQ(poll(&pfd, 1, 0), 1);
+	WRITE_ONCE(b.ring->first, b.ring->last);
+	blocked_poll_wakes(c, &b, 0x5e);
 	free_buffer(&b);
 }
 
 /* Is any of [p, p + len) mapped in this process? */
 static bool mapped(void *p, size_t len)
 {
-	unsigned char vec[MAX_PAGES];
+	unsigned char vec[64];
+
+	TEST_ASSERT(len <= sizeof(vec) * page, "mincore() of %zu bytes", len);
 
 	return mincore(p, len, vec) == 0 || errno != ENOMEM;
 }
@@ -469,7 +601,7 @@ static bool mapped(void *p, size_t len)
  */
 static void test_fork(struct ctx *c)
 {
-	struct buffer b = new_buffer(c->vm, 2 * page);
+	struct buffer b = new_buffer(c->vm, 2 * page_entries);
 	int to_child[2], to_parent[2], status;
 	char x = 0;
 	pid_t pid;
@@ -645,7 +777,7 @@ static void test_four_vcpus(void)
 	virt_map(vm, MMIO_GPA, MMIO_GPA, 1);
 	for (i = 0; i <= NR_VCPUS; i++) {
 		pthread_mutex_init(&streams[i].lock, NULL);
-		streams[i].b = new_buffer(vm, i < NR_VCPUS ? page : 2 * page);
+		streams[i].b = new_buffer(vm, i < NR_VCPUS ? page_entries : 2 * page_entries);
 		if (i < NR_VCPUS)
 			TEST_ASSERT_EQ(reg2(vm, MMIO_GPA + 8 * i, 4, 0, streams[i].b.fd), 0);
 		else
@@ -722,7 +854,7 @@ static void test_close_while_writing(void)
 	vm = vm_create_with_vcpus(NR_VCPUS, guest_closing, vcpus);
 	virt_map(vm, MMIO_GPA, MMIO_GPA, 1);
 	sync_global_to_guest(vm, closing_writes);
-	b = new_buffer(vm, MAX_PAGES * page);
+	b = new_buffer(vm, max_entries);
 	TEST_ASSERT_EQ(reg2(vm, MMIO_GPA, 8 * NR_VCPUS, 0, b.fd), 0);
 	for (i = 0; i < NR_VCPUS; i++) {
 		vcpu_args_set(vcpus[i], 1, (uint64_t)i);
@@ -749,9 +881,9 @@ static void test_vm_destroyed(void)
 
 	for (i = 0; i < 4; i++) {
 		struct ctx c = new_ctx();
-		struct buffer mapped_open = new_buffer(c.vm, page);
-		struct buffer mapped_closed = new_buffer(c.vm, page);
-		int never_mapped = create_buffer(c.vm);
+		struct buffer mapped_open = new_buffer(c.vm, page_entries);
+		struct buffer mapped_closed = new_buffer(c.vm, page_entries);
+		int never_mapped = create_buffer(c.vm, 2, NULL);
 
 		TEST_ASSERT_EQ(reg2(c.vm, MMIO_GPA, 8, 0, mapped_open.fd), 0);
 		TEST_ASSERT_EQ(reg2(c.vm, PIO_PORT, 1, 1, mapped_closed.fd), 0);
@@ -764,11 +896,11 @@ static void test_vm_destroyed(void)
 		check_entry(mapped_closed.ring, 0, 1, PIO_PORT, 1, i);
 		if (i & 1) {
 			close(never_mapped);
-			munmap(mapped_closed.ring, page);
+			munmap(mapped_closed.ring, mapped_closed.len);
 			free_buffer(&mapped_open);
 		} else {
 			free_buffer(&mapped_open);
-			munmap(mapped_closed.ring, page);
+			munmap(mapped_closed.ring, mapped_closed.len);
 			close(never_mapped);
 		}
 	}
@@ -803,15 +935,22 @@ int main(int argc, char *argv[])
 	struct ctx c;
 
 	page = getpagesize();
+	page_entries = (page - sizeof(struct kvm_coalesced_mmio_ring)) /
+		       sizeof(struct kvm_coalesced_mmio);
 	signal(SIGALRM, watchdog);
 	TEST_REQUIRE(kvm_has_cap(KVM_CAP_COALESCED_MMIO2));
 	TEST_REQUIRE(kvm_has_cap(KVM_CAP_COALESCED_PIO));
+	/* The largest ring KVM accepts: at least one that a VMM could ever use. */
+	max_entries = kvm_check_cap(KVM_CAP_COALESCED_MMIO2);
+	TEST_ASSERT(max_entries > page_entries, "KVM_CAP_COALESCED_MMIO2 is %u", max_entries);
 
 	c = new_ctx();
 	start("errors");
 	test_errors(&c);
 	start("ring sizes");
 	test_sizes(&c);
+	start("overlapping zones");
+	test_overlap(&c);
 	start("the series' cases");
 	test_series_cases(&c);
 	start("hostile indices");
