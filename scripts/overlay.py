@@ -26,11 +26,10 @@ import tempfile
 # Top-level directories of the repository that mirror kernel paths.
 OVERLAY_ROOTS = ("virt", "rust", "Documentation", "tools", "include", "arch")
 # Files under those roots that do not belong in the kernel tree: our own programs, and what only
-# the out-of-tree kvm.ko uses (the top-level Kbuild): its bindings module and its C helpers,
-# which in tree come from rust/bindings and rust/helpers.
-NOT_KERNEL = ("tools/rtc-vmm/", "virt/kvm/rust/bindings.rs", "virt/kvm/rust/bindings_helper.h",
-              "virt/kvm/rust/kvm-bindgen-cmd",
-              "virt/kvm/rust/helpers.c", "virt/kvm/rust/helpers.h", "virt/kvm/rust/uapi.h")
+# the out-of-tree kvm.ko uses (the top-level Kbuild): its C helpers, which in tree come from
+# rust/helpers, and its copy of the buffers' UAPI, which in tree is include/uapi/linux/kvm.h.
+NOT_KERNEL = ("tools/rtc-vmm/", "virt/kvm/rust/helpers.c", "virt/kvm/rust/helpers.h",
+              "virt/kvm/rust/uapi.h")
 MANIFEST = ".kvmrs-overlay-manifest"
 
 

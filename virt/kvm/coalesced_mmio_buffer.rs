@@ -133,23 +133,20 @@ impl CoalescedBuffer {
 
     /// Appends a guest write to the ring; `EOPNOTSUPP` makes it an exit.
     ///
-    /// Pollers are woken only when the ring goes from empty to not empty and a `poll()` has
-    /// looked at the ring since the last wake-up, so a write costs no wait-queue lock while
-    /// nobody polls or entries are already waiting. No poller misses an entry: `poll()` registers
-    /// its wait, then, under the ring's lock, sets the flag and reads both indices. A poller that
-    /// saw an empty ring did so before this write took the lock, so this write reads a `first`
-    /// at least as new, finds the ring empty as well, and sees the flag, or a wake-up that
-    /// cleared the flag after it was set has already woken the poller.
+    /// Pollers are woken only if a `poll()` has looked at the ring since the last wake-up, so a
+    /// write costs no wait-queue lock while nobody polls. No poller misses an entry: `poll()`
+    /// registers its wait, then, under the ring's lock, sets the flag and reads the indices, so
+    /// the first write after any `poll()` wakes the queue. A waiter that sleeps without calling
+    /// `poll()` again (edge-triggered epoll, io_uring's multishot poll) has been woken, or has had
+    /// an event delivered, after its last `poll()`, and the delivery of that event called `poll()`
+    /// (with the NULL key that [`PollCondVar::notify_all`] passes, io_uring calls it too); it
+    /// decides to sleep from what it reads itself, so the wake-up cannot depend on whether the
+    /// ring looked empty to this write.
     fn append(&self, addr: u64, data: &[u8], pio: u32) -> Result {
         let wake = {
             let mut ring = self.lock_ring();
-            let was_empty = append(&mut ring, addr, data, pio)?;
-            let polled = ring.locked();
-            let wake = was_empty && *polled;
-            if wake {
-                *polled = false;
-            }
-            wake
+            append(&mut ring, addr, data, pio)?;
+            core::mem::replace(ring.locked(), false)
         };
         if wake {
             self.readers.notify_all();
@@ -206,7 +203,7 @@ impl AnonFileOps for CoalescedBuffer {
     fn poll(buffer: ArcBorrow<'_, Self>, file: &File, table: PollTable<'_>) -> u32 {
         table.register_wait(file, &buffer.readers);
         let mut ring = buffer.lock_ring();
-        // The next write into an empty ring wakes us: see `CoalescedBuffer::append`.
+        // The next write wakes us: see `CoalescedBuffer::append`.
         *ring.locked() = true;
         if ring.first() != ring.last() {
             // EPOLLIN | EPOLLRDNORM, which have the values of their POLL* twins.
@@ -370,3 +367,12 @@ fn unregister_buffer_zones(vm: &Vm, request: BufferZone) -> Result {
     let owner = buffer_of(vm, &file)?.owner();
     unregister_ring_zones(vm, request.zone, owner)
 }
+
+// The signatures `coalesced_mmio.h` declares for the entry points above.
+crate::kvm::c_entry_points!(
+    kvm_coalesced_mmio_buffer_init,
+    kvm_coalesced_mmio_buffer_max_entries,
+    kvm_vm_ioctl_create_coalesced_mmio_buffer,
+    kvm_vm_ioctl_register_coalesced_mmio2,
+    kvm_vm_ioctl_unregister_coalesced_mmio2,
+);

@@ -79,6 +79,11 @@ pub(crate) fn next_insert(first: u32, last: u32, max: u32) -> Option<Insert> {
 ///
 /// `entries` comes from userspace, so this cannot overflow or divide by zero whatever the
 /// arguments.
+#[cfg(any(
+    test,
+    CONFIG_KVM_COALESCED_MMIO_BUFFERS,
+    CONFIG_KVM_COALESCED_MMIO_RUST_KUNIT_TEST
+))]
 pub(crate) fn buffer_ring_bytes(
     entries: u32,
     max_entries: u32,

@@ -83,7 +83,6 @@ impl IoDeviceOps for CoalescedZone {
             data,
             pio_flag(zone.bus),
         )
-        .map(|_was_empty| ())
     }
 }
 
@@ -155,3 +154,11 @@ pub unsafe extern "C" fn kvm_vm_ioctl_unregister_coalesced_mmio(
 fn unregister_zones(vm: &Vm, request: Zone) -> Result {
     unregister_ring_zones(vm, request, VM_RING)
 }
+
+// The signatures `coalesced_mmio.h` declares for the four functions above.
+kvm::c_entry_points!(
+    kvm_coalesced_mmio_init,
+    kvm_coalesced_mmio_free,
+    kvm_vm_ioctl_register_coalesced_mmio,
+    kvm_vm_ioctl_unregister_coalesced_mmio,
+);

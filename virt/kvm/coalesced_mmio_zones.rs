@@ -39,18 +39,13 @@ pub(crate) fn pio_flag(bus: Bus) -> u32 {
 }
 
 /// Appends a write to the ring whose lock `ring` holds; `EOPNOTSUPP` when it is full or userspace
-/// has corrupted `last`. Returns whether the ring was empty before the write.
+/// has corrupted `last`.
 #[inline(always)]
-pub(crate) fn append<T>(
-    ring: &mut RingGuard<'_, T>,
-    addr: u64,
-    data: &[u8],
-    pio: u32,
-) -> Result<bool> {
+pub(crate) fn append<T>(ring: &mut RingGuard<'_, T>, addr: u64, data: &[u8], pio: u32) -> Result {
     // Each index is read once: userspace may rewrite both at any time, and only the checked
     // snapshot of `last` is used as an index (CVE-2019-14821).
-    let (first, last) = (ring.first(), ring.last());
-    let Some(insert) = next_insert(first, last, ring.entries()) else {
+    let last = ring.last();
+    let Some(insert) = next_insert(ring.first(), last, ring.entries()) else {
         return Err(eopnotsupp());
     };
 
@@ -59,7 +54,7 @@ pub(crate) fn append<T>(
     ring.fill(insert.slot, addr, data, pio)
         .map_err(|_| eopnotsupp())?;
     ring.publish_last(insert.next_last);
-    Ok(first == last)
+    Ok(())
 }
 
 /// Puts a device for `zone` on its bus, writing to the ring `owner` with `data`.

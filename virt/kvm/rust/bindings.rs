@@ -1,14 +1,15 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! The C declarations of KVM, for a `kvm.ko` built out of tree.
+//! The C declarations our Rust uses: the kernel crate's bindings, and KVM's.
 //!
-//! A distribution's kernel crate has no KVM bindings (in tree, our patch adds them to the
-//! kernel's own). The top-level `Kbuild` generates them from `bindings_helper.h` with the target
-//! kernel's own bindgen command; everything else comes from the kernel crate's bindings. The
-//! generated items are defined here, so they take precedence over the kernel crate's glob import
-//! wherever a kernel's bindings have KVM's too. The types our Rust hands to the kernel crate
-//! (`mutex`, `spinlock_t`, `list_head`) are not generated, so they are the kernel crate's own
-//! and `Lock::from_raw` and friends accept pointers to them.
+//! The kernel crate's bindings have no KVM declarations (`rust/bindings/bindings_helper.h` does
+//! not include KVM's headers, and a distribution's kernel crate, which a `kvm.ko` built out of
+//! tree uses, has none). `Makefile.bindings` generates them for `kvm.ko` from `bindings_helper.h`
+//! with the kernel's own bindgen command; everything else comes from the kernel crate's bindings.
+//! The generated items are defined here, so they take precedence over the kernel crate's glob
+//! import. The types our Rust hands to the kernel crate (`mutex`, `spinlock_t`, `list_head`,
+//! `file`, ...) are not generated, so they are the kernel crate's own and `Lock::from_raw` and
+//! friends accept pointers to them.
 
 // What the kernel crate's bindings allow, on their generated code and on the crate.
 #![allow(
@@ -43,4 +44,12 @@ type __kernel_ptrdiff_t = isize;
 // bindings.
 unsafe impl<Storage> Zeroable for __BindgenBitfieldUnit<Storage> where Storage: Zeroable {}
 
+// Generated into the object tree: in tree, `virt/kvm/rust/` of the kernel's; out of tree, the
+// module's own directory, which is where this file is.
+#[cfg(not(kvm_out_of_tree))]
+include!(concat!(
+    env!("OBJTREE"),
+    "/virt/kvm/rust/bindings_generated.rs"
+));
+#[cfg(kvm_out_of_tree)]
 include!("bindings_generated.rs");

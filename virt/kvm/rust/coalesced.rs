@@ -39,9 +39,11 @@ const _: () = assert!(bindings::KVM_COALESCED_MMIO_MAX <= u32::MAX as usize);
 /// Bytes of data one ring entry holds (`kvm_coalesced_mmio.data`).
 pub(crate) const ENTRY_DATA: usize = 8;
 
-/// Bytes of the ring's header (`first`, `last`) and of one entry: what sizes a ring.
+/// Bytes of the ring's header (`first`, `last`) and of one entry: what sizes a buffer's ring.
+#[cfg(CONFIG_KVM_COALESCED_MMIO_BUFFERS)]
 pub(crate) const RING_HEADER_BYTES: usize =
     core::mem::size_of::<bindings::kvm_coalesced_mmio_ring>();
+#[cfg(CONFIG_KVM_COALESCED_MMIO_BUFFERS)]
 pub(crate) const RING_ENTRY_BYTES: usize = core::mem::size_of::<bindings::kvm_coalesced_mmio>();
 
 /// The owner of the VM's own ring, in [`IoRange`]-matching walks of the zone list: zones on a
@@ -80,6 +82,7 @@ impl Zone {
 
 /// A zone as userspace passes it to `KVM_(UN)REGISTER_COALESCED_MMIO2`: a [`Zone`], the file
 /// descriptor of the coalesced MMIO buffer it writes to, and flags.
+#[cfg(CONFIG_KVM_COALESCED_MMIO_BUFFERS)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct BufferZone {
     pub(crate) zone: Zone,
@@ -89,6 +92,7 @@ pub(crate) struct BufferZone {
     pub(crate) flags: u32,
 }
 
+#[cfg(CONFIG_KVM_COALESCED_MMIO_BUFFERS)]
 impl BufferZone {
     /// Reads the zone that a VM ioctl copied from userspace.
     ///
@@ -112,7 +116,9 @@ impl BufferZone {
 
 // The UAPI structs of the buffers have no implicit padding, so they have the same layout for a
 // 32-bit VMM as for a 64-bit one, and every byte is one that userspace wrote.
+#[cfg(CONFIG_KVM_COALESCED_MMIO_BUFFERS)]
 const _: () = assert!(core::mem::size_of::<bindings::kvm_coalesced_mmio_zone2>() == 24);
+#[cfg(CONFIG_KVM_COALESCED_MMIO_BUFFERS)]
 const _: () = assert!(core::mem::size_of::<bindings::kvm_coalesced_mmio_buffer>() == 32);
 
 /// Sets up a new VM's coalesced MMIO state: its ring page, `ring_lock` and zone list.
@@ -271,6 +277,7 @@ impl<'a, T> RingGuard<'a, T> {
     }
 
     /// What else the lock guards.
+    #[cfg(CONFIG_KVM_COALESCED_MMIO_BUFFERS)]
     pub(crate) fn locked(&mut self) -> &mut T
     where
         T: Unpin,
@@ -315,6 +322,12 @@ impl<'a, T> RingGuard<'a, T> {
         unsafe { Atomic::from_ptr(&raw mut (*self.ring.ring).last) }.store(last, Relaxed);
     }
 }
+
+// `write_data_volatile()` stores up to 8 bytes at once into an entry's `data`: the ring's header
+// and its entries keep every entry's `data` 8-byte aligned in a page-aligned ring.
+const _: () = assert!(core::mem::size_of::<bindings::kvm_coalesced_mmio_ring>() % 8 == 0);
+const _: () = assert!(core::mem::size_of::<bindings::kvm_coalesced_mmio>() % 8 == 0);
+const _: () = assert!(core::mem::offset_of!(bindings::kvm_coalesced_mmio, data) % 8 == 0);
 
 /// Copies `data`, at most 8 bytes, to an entry's `data` with volatile stores, as many bytes as
 /// C's `memcpy()` copies there: an access of 1, 2, 4 or 8 bytes is one store of that width.

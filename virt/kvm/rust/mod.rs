@@ -9,20 +9,37 @@
 //! nothing of KVM. Keeping them here lets the same sources serve both builds, and means nothing
 //! in vmlinux refers to a symbol of `kvm.ko`. See `Documentation/virt/kvm/coalesced-mmio-rust.rst`.
 
+// Only coalesced MMIO buffers have files and pages of their own.
+#[cfg(CONFIG_KVM_COALESCED_MMIO_BUFFERS)]
 pub(crate) mod anon_file;
 pub(crate) mod coalesced;
 pub(crate) mod iodev;
+#[cfg(CONFIG_KVM_COALESCED_MMIO_BUFFERS)]
 pub(crate) mod shared_pages;
 
-/// The C declarations this module uses: in tree, the kernel crate's bindings, which our patch
-/// extends with `<linux/kvm_host.h>` and `<kvm/iodev.h>`.
-#[cfg(not(kvm_out_of_tree))]
-pub(crate) use kernel::bindings;
-
-/// The C declarations this module uses: out of tree, the kernel crate's bindings and KVM's,
-/// generated for the target kernel by the top-level `Kbuild`.
-#[cfg(kvm_out_of_tree)]
+/// The C declarations this module uses: the kernel crate's bindings and KVM's, which kvm.ko's
+/// build generates for it (`Makefile.bindings`), in tree and out of tree alike.
 pub(crate) mod bindings;
+
+/// Checks at compile time that each named function of ours has the signature of its declaration
+/// in `virt/kvm/coalesced_mmio.h`, which `kvm_main.c` calls it by: the check the kernel crate's
+/// `#[export]` makes, against kvm.ko's bindings, where that header is, rather than the kernel
+/// crate's, where it is not. Both arms of the `if` must have one type: the function pointer type
+/// of the declaration.
+macro_rules! c_entry_points {
+    ($($name:ident),* $(,)?) => {
+        $(
+            const _: () = {
+                if true {
+                    $crate::kvm::bindings::$name
+                } else {
+                    $name
+                };
+            };
+        )*
+    };
+}
+pub(crate) use c_entry_points;
 
 use core::ptr::NonNull;
 use kernel::{
@@ -33,6 +50,7 @@ use kernel::{
 };
 
 /// `THIS_MODULE` of `kvm.ko`, which is a C module: no `module!` makes one for its Rust code.
+#[cfg(CONFIG_KVM_COALESCED_MMIO_BUFFERS)]
 pub(crate) static THIS_MODULE: ThisModule = this_module();
 
 /// Makes [`THIS_MODULE`]; a `const fn` for what needs it as a constant.

@@ -19,6 +19,7 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+#include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
 #include <sys/wait.h>
@@ -109,8 +110,8 @@ static int create_buffer(struct kvm_vm *vm, uint32_t entries, size_t *mmap_size)
 	TEST_ASSERT(fcntl(fd, F_GETFD) & FD_CLOEXEC, "a buffer fd must be close-on-exec");
 	TEST_ASSERT(req.mmap_size == ring_bytes(entries), "%u entries: mmap_size %llu, not %zu",
 		    entries, req.mmap_size, ring_bytes(entries));
-	TEST_ASSERT(req.flags == 0 && req.entries == entries && !req.reserved[0] && !req.reserved[1],
-		    "KVM changed the request's input fields");
+	TEST_ASSERT(req.flags == 0 && req.entries == entries &&
+		    !req.reserved[0] && !req.reserved[1], "KVM changed the request's input fields");
 	if (mmap_size)
 		*mmap_size = req.mmap_size;
 	return fd;
@@ -265,12 +266,14 @@ static void test_errors(struct ctx *c)
 	TEST_ASSERT(p != MAP_FAILED, "mmap");
 	*(struct kvm_coalesced_mmio_buffer *)p = (struct kvm_coalesced_mmio_buffer){ .entries = 2 };
 	TEST_ASSERT_EQ(mprotect(p, page, PROT_READ), 0);
-	fd = dup(0);
+	/* The lowest free descriptor, which a new one would take. */
+	fd = open("/dev/null", O_RDONLY);
+	TEST_ASSERT(fd >= 0, "open /dev/null: %s", strerror(errno));
 	close(fd);
 	TEST_ASSERT_EQ(try_create(c->vm, p), -EFAULT);
 	TEST_ASSERT_EQ(((struct kvm_coalesced_mmio_buffer *)p)->mmap_size, 0);
 	munmap(p, page);
-	TEST_ASSERT_EQ(dup(0), fd);
+	TEST_ASSERT_EQ(open("/dev/null", O_RDONLY), fd);
 	close(fd);
 
 	/* Mappings: shared, at offset 0, mmap_size long; a zone needs none of them. */
@@ -548,6 +551,54 @@ static void blocked_poll_wakes(struct ctx *c, struct buffer *b, uint64_t val)
 	       ms_between(wrote, p.woke));
 }
 
+struct epoller {
+	int epfd;
+	int ret;
+	uint32_t events;
+};
+
+static void *epoll_thread(void *arg)
+{
+	struct epoller *e = arg;
+	struct epoll_event ev;
+
+	e->ret = epoll_wait(e->epfd, &ev, 1, 20000);
+	e->events = ev.events;
+	return NULL;
+}
+
+/*
+ * Edge-triggered epoll: the waiter gets an event, drains the ring and sleeps in epoll_wait()
+ * without KVM's poll() being called again; the next write must wake it, every time, including
+ * after writes that found entries waiting.
+ */
+static void test_epoll_edge(struct ctx *c, struct buffer *b)
+{
+	struct epoll_event ev = { .events = EPOLLIN | EPOLLET };
+	struct epoller e;
+	pthread_t thread;
+	int round;
+
+	e.epfd = epoll_create1(EPOLL_CLOEXEC);
+	TEST_ASSERT(e.epfd >= 0, "epoll_create1: %s", strerror(errno));
+	TEST_ASSERT_EQ(epoll_ctl(e.epfd, EPOLL_CTL_ADD, b->fd, &ev), 0);
+	for (round = 0; round < 3; round++) {
+		pthread_create(&thread, NULL, epoll_thread, &e);
+		usleep(200 * 1000);
+		TEST_ASSERT(guest_write(c, 1, PIO_PORT, 1, 0x60 + round), "write not coalesced");
+		/* A second write into a ring with an entry: no event needed for it. */
+		TEST_ASSERT(guest_write(c, 1, PIO_PORT, 1, 0x70 + round), "write not coalesced");
+		pthread_join(thread, NULL);
+		TEST_ASSERT(e.ret == 1 && (e.events & EPOLLIN), "round %d: epoll_wait %d, events 0x%x",
+			    round, e.ret, e.events);
+		WRITE_ONCE(b->ring->first, b->ring->last);
+		/* An event still queued for the second write: the ring is empty now, none is given. */
+		TEST_ASSERT_EQ(epoll_wait(e.epfd, &ev, 1, 0), 0);
+	}
+	close(e.epfd);
+	printf("epoll, edge-triggered: woken in each of %d rounds after draining\n", round);
+}
+
 /*
  * A thread blocked in poll() wakes on the first write into the empty ring, every time; a ring
  * with entries is readable at once, an empty one is not. (KVM wakes pollers only when the ring
@@ -581,6 +632,8 @@ static void test_poll(struct ctx *c)
 	TEST_ASSERT_EQ(poll(&pfd, 1, 0), 1);
 	WRITE_ONCE(b.ring->first, b.ring->last);
 	blocked_poll_wakes(c, &b, 0x5e);
+	WRITE_ONCE(b.ring->first, b.ring->last);
+	test_epoll_edge(c, &b);
 	free_buffer(&b);
 }
 
