@@ -253,9 +253,10 @@ impl<'a> RingView<'a> {
 ///
 /// # Invariants
 ///
-/// `guard` holds the lock that serialises the kernel's writers of `ring`.
+/// `_guard` holds the lock that serialises the kernel's writers of `ring`.
 pub(crate) struct RingGuard<'a, T = ()> {
-    guard: SpinLockGuard<'a, T>,
+    /// Held for as long as the ring is written; [`Self::locked`] reaches what else it guards.
+    _guard: SpinLockGuard<'a, T>,
     ring: RingView<'a>,
 }
 
@@ -273,7 +274,10 @@ impl<'a, T> RingGuard<'a, T> {
     /// `guard` must hold the lock that every kernel writer of `ring` takes.
     pub(crate) unsafe fn new(guard: SpinLockGuard<'a, T>, ring: RingView<'a>) -> Self {
         // INVARIANT: guaranteed by the caller.
-        RingGuard { guard, ring }
+        RingGuard {
+            _guard: guard,
+            ring,
+        }
     }
 
     /// What else the lock guards.
@@ -282,7 +286,7 @@ impl<'a, T> RingGuard<'a, T> {
     where
         T: Unpin,
     {
-        &mut self.guard
+        &mut self._guard
     }
 
     /// Fills entry `slot` with a write of `data` at `addr`; `pio` is the zone's `pio` flag.
@@ -325,9 +329,9 @@ impl<'a, T> RingGuard<'a, T> {
 
 // `write_data_volatile()` stores up to 8 bytes at once into an entry's `data`: the ring's header
 // and its entries keep every entry's `data` 8-byte aligned in a page-aligned ring.
-const _: () = assert!(core::mem::size_of::<bindings::kvm_coalesced_mmio_ring>() % 8 == 0);
-const _: () = assert!(core::mem::size_of::<bindings::kvm_coalesced_mmio>() % 8 == 0);
-const _: () = assert!(core::mem::offset_of!(bindings::kvm_coalesced_mmio, data) % 8 == 0);
+const _: () = assert!(core::mem::size_of::<bindings::kvm_coalesced_mmio_ring>().is_multiple_of(8));
+const _: () = assert!(core::mem::size_of::<bindings::kvm_coalesced_mmio>().is_multiple_of(8));
+const _: () = assert!(core::mem::offset_of!(bindings::kvm_coalesced_mmio, data).is_multiple_of(8));
 
 /// Copies `data`, at most 8 bytes, to an entry's `data` with volatile stores, as many bytes as
 /// C's `memcpy()` copies there: an access of 1, 2, 4 or 8 bytes is one store of that width.
@@ -338,7 +342,8 @@ const _: () = assert!(core::mem::offset_of!(bindings::kvm_coalesced_mmio, data) 
 /// bytes, and `data.len() <= 8`.
 #[inline(always)]
 unsafe fn write_data_volatile(dst: *mut u8, data: &[u8]) {
-    // SAFETY (each arm): `dst` is valid for `data.len()` bytes and aligned for any width up to 8.
+    // SAFETY: the caller guarantees that `dst` is valid for writes of 8 bytes and 8-byte aligned,
+    // so for each arm's store of `data.len()` bytes, at most 8, of any width up to 8.
     unsafe {
         match *data {
             [a] => dst.write_volatile(a),

@@ -144,7 +144,8 @@ impl<T> IoDevice<T> {
         &self.header.range
     }
 
-    /// The device's own data.
+    /// The device's own data (a zone of the VM's ring has none).
+    #[cfg(CONFIG_KVM_COALESCED_MMIO_BUFFERS)]
     pub(crate) fn data(&self) -> &T {
         &self.data
     }
