@@ -238,6 +238,7 @@ static bool guest_write(struct ctx *c, uint32_t pio, uint64_t addr, uint32_t len
 /* Every error code, and the mappings a buffer refuses. */
 static void test_errors(struct ctx *c)
 {
+	const uint32_t bad_entries[] = { 0, 1, max_entries + 1, UINT32_MAX };
 	struct ctx other = new_ctx();
 	struct kvm_coalesced_mmio_buffer req;
 	struct buffer b, theirs;
@@ -246,7 +247,6 @@ static void test_errors(struct ctx *c)
 	void *p;
 
 	/* Creation: the entries 2 to the maximum, flags and reserved 0, a readable request. */
-	const uint32_t bad_entries[] = { 0, 1, max_entries + 1, UINT32_MAX };
 	for (i = 0; i < ARRAY_SIZE(bad_entries); i++) {
 		req = (struct kvm_coalesced_mmio_buffer){ .entries = bad_entries[i] };
 		TEST_ASSERT_EQ(try_create(c->vm, &req), -EINVAL);
@@ -589,10 +589,10 @@ static void test_epoll_edge(struct ctx *c, struct buffer *b)
 		/* A second write into a ring with an entry: no event needed for it. */
 		TEST_ASSERT(guest_write(c, 1, PIO_PORT, 1, 0x70 + round), "write not coalesced");
 		pthread_join(thread, NULL);
-		TEST_ASSERT(e.ret == 1 && (e.events & EPOLLIN), "round %d: epoll_wait %d, events 0x%x",
-			    round, e.ret, e.events);
+		TEST_ASSERT(e.ret == 1 && (e.events & EPOLLIN),
+			    "round %d: epoll_wait %d, events 0x%x", round, e.ret, e.events);
 		WRITE_ONCE(b->ring->first, b->ring->last);
-		/* An event still queued for the second write: the ring is empty now, none is given. */
+		/* An event queued for the second write: the ring is empty now, none is given. */
 		TEST_ASSERT_EQ(epoll_wait(e.epfd, &ev, 1, 0), 0);
 	}
 	close(e.epfd);

@@ -268,7 +268,7 @@ static void test(void)
 }
 
 /* Entered with the stack as the kernel left it, not as a call would have. */
-__attribute__((force_align_arg_pointer, noreturn)) void _start(void)
+__attribute__((force_align_arg_pointer)) void _start(void)
 {
 	test();
 	out(failures ? "result: fail\n" : "result: pass\n");
