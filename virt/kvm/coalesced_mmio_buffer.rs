@@ -149,6 +149,9 @@ impl CoalescedBuffer {
             core::mem::replace(ring.locked(), false)
         };
         if wake {
+            // Unkeyed (a NULL key), so that io_uring and aio call `poll()` to learn what is
+            // ready, which sets the flag again: a keyed wake-up would let a multishot waiter
+            // miss every later write.
             self.readers.notify_all();
         }
         Ok(())

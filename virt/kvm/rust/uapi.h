@@ -2,7 +2,7 @@
 /*
  * The userspace API of coalesced MMIO buffers, which our patches add to include/uapi/linux/kvm.h
  * and a distribution's headers lack: for kvm.ko built out of tree (the top-level Kbuild includes
- * it first in kvm_main.c, and bindings_helper.h includes it), and for a VMM, which includes it
+ * it first in kvm_main.c and in the bindgen run of its Rust), and for a VMM, which includes it
  * after <linux/kvm.h>. The same definitions, so that a tree carrying our patches (or a future
  * kernel) is unaffected.
  */
