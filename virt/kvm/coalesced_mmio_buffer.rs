@@ -327,12 +327,17 @@ pub unsafe extern "C" fn kvm_vm_ioctl_register_coalesced_mmio2(
     from_result(|| register_buffer_zone(vm, zone).map(|()| 0))
 }
 
-fn register_buffer_zone(vm: &Vm, request: BufferZone) -> Result {
-    // The checks of the request come before the descriptor's, as the VM's ring checks `pio`.
+/// Refuses with `EINVAL` a request with flags (none are defined) or a `pio` other than 0 or 1:
+/// checked before its descriptor, as the VM's ring checks `pio` first.
+fn check_request(request: &BufferZone) -> Result {
     if request.flags != 0 {
         return Err(EINVAL);
     }
-    zone_bus(&request.zone)?;
+    zone_bus(&request.zone).map(|_| ())
+}
+
+fn register_buffer_zone(vm: &Vm, request: BufferZone) -> Result {
+    check_request(&request)?;
     // The file reference is held until the zone is registered, so that the buffer's release,
     // which unregisters its zones, cannot run before the zone is on the list.
     let file = LocalFile::fget(request.buffer_fd)?;
@@ -362,10 +367,7 @@ pub unsafe extern "C" fn kvm_vm_ioctl_unregister_coalesced_mmio2(
 }
 
 fn unregister_buffer_zones(vm: &Vm, request: BufferZone) -> Result {
-    if request.flags != 0 {
-        return Err(EINVAL);
-    }
-    zone_bus(&request.zone)?;
+    check_request(&request)?;
     let file = LocalFile::fget(request.buffer_fd)?;
     let owner = buffer_of(vm, &file)?.owner();
     unregister_ring_zones(vm, request.zone, owner)

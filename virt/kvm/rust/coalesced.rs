@@ -17,7 +17,7 @@ use super::{
     smp_wmb, SlotsGuard, Vm,
 };
 use crate::coalesced_mmio_logic::zones_overlap;
-use core::{marker::PhantomData, pin::Pin};
+use core::{marker::PhantomData, ops::ControlFlow, pin::Pin};
 use kernel::{
     error::{
         code::{EEXIST, ENOMEM},
@@ -303,7 +303,9 @@ impl<'a, T> RingGuard<'a, T> {
         // lies inside the ring. The lock makes this the only kernel writer of the entry. The VMM
         // may write the same bytes at any moment (it reads an entry only once `last` covers it,
         // but nothing stops it from breaking that protocol), so every store is volatile: a race
-        // with userspace then tears the entry userspace raced with, and nothing else.
+        // with userspace then tears the entry userspace raced with, and nothing else. The entry's
+        // `data` is 8-byte aligned (the asserts before `write_data_volatile()`) and 8 bytes long,
+        // and `data.len() <= 8` was checked above.
         unsafe {
             let entry = (&raw mut (*self.ring.ring).__bindgen_anon_1.coalesced_mmio)
                 .cast::<bindings::kvm_coalesced_mmio>()
@@ -419,23 +421,18 @@ impl SlotsGuard<'_> {
 
     /// Whether `matches(range, owner)` holds for any zone on the VM's list.
     fn any_coalesced_zone(&self, mut matches: impl FnMut(&IoRange, usize) -> bool) -> bool {
-        let kvm = self.vm().as_raw();
-        // SAFETY: `slots_lock` is held, so the list and its entries stay as they are. Every entry
-        // is the `link` of a registered `IoDevice`, whose `Header` is readable without knowing
-        // its data type.
-        unsafe {
-            let head = &raw mut (*kvm).coalesced_zones;
-            let mut pos = (*head).next;
-            while pos != head {
-                let header =
-                    kernel::container_of!(pos.cast::<Opaque<bindings::list_head>>(), Header, link);
-                if matches(&(*header).range, (*header).owner) {
-                    return true;
-                }
-                pos = (*pos).next;
+        let mut found = false;
+        let visit = |range, owner, _dev| {
+            found = matches(&range, owner);
+            if found {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
             }
-        }
-        false
+        };
+        // SAFETY: `visit` destroys nothing.
+        unsafe { self.walk_coalesced_zones(visit) };
+        found
     }
 
     /// Unregisters, from its bus, every zone on the VM's list for which `matches(range, owner)`
@@ -444,17 +441,48 @@ impl SlotsGuard<'_> {
     /// Unregistering destroys the zone's device, which removes it from the list. If KVM cannot
     /// shrink the bus, it destroys every device on that bus and the walk stops at once: the saved
     /// next entry may be gone too (CVE-2021-47060). Callers match zones of one bus per walk, so
-    /// nothing is left to do. `kernel::interop::list` only iterates over a list that stays as it
-    /// is, so this is `list_for_each_entry_safe()` written out.
+    /// nothing is left to do.
     pub(crate) fn unregister_coalesced_zones(
         &mut self,
         mut matches: impl FnMut(&IoRange, usize) -> bool,
     ) {
         let kvm = self.vm().as_raw();
-        // SAFETY: `slots_lock` is held, so the list and its entries change only through this
-        // walk. Every entry is the `link` of a registered `IoDevice`, whose `Header` is readable
-        // without knowing its data type. `next` is read before the current entry can be
-        // destroyed, as `list_for_each_entry_safe()` does.
+        let visit = |range: IoRange, owner, dev| {
+            if !matches(&range, owner) {
+                return ControlFlow::Continue(());
+            }
+            // SAFETY: `slots_lock` is held as `kvm_io_bus_unregister_dev()` requires, and `dev`
+            // is a device registered on `range.bus`.
+            if unsafe { bindings::kvm_io_bus_unregister_dev(kvm, range.bus.as_raw(), dev) } != 0 {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        };
+        // SAFETY: `visit` destroys only the zone it is given, and stops the walk when the bus
+        // may have destroyed others.
+        unsafe { self.walk_coalesced_zones(visit) }
+    }
+
+    /// Walks the VM's zone list, giving `visit` each zone's range, owner and C device, until it
+    /// returns [`ControlFlow::Break`]. Each entry's `next` is read before `visit` runs, as
+    /// `list_for_each_entry_safe()` does, so `visit` may destroy the zone it is given; nothing of
+    /// the entry is borrowed while it runs. `kernel::interop::list` only iterates over a list
+    /// that stays as it is, hence this walk written out.
+    ///
+    /// # Safety
+    ///
+    /// `visit` may destroy the zone it is given and no other, unless it then breaks.
+    unsafe fn walk_coalesced_zones(
+        &self,
+        mut visit: impl FnMut(IoRange, usize, *mut bindings::kvm_io_device) -> ControlFlow<()>,
+    ) {
+        let kvm = self.vm().as_raw();
+        // SAFETY: `slots_lock` is held, so the list and its entries change only through `visit`,
+        // which by the caller's guarantee destroys at most the entry it is given before the walk
+        // goes on. Every entry is the `link` of a registered `IoDevice`, whose `Header` is
+        // readable without knowing its data type; `next`, the range and the owner are read
+        // before `visit` can destroy the entry.
         unsafe {
             let head = &raw mut (*kvm).coalesced_zones;
             let mut pos = (*head).next;
@@ -462,12 +490,9 @@ impl SlotsGuard<'_> {
                 let next = (*pos).next;
                 let header =
                     kernel::container_of!(pos.cast::<Opaque<bindings::list_head>>(), Header, link);
-                let range = (*header).range;
-                if matches(&range, (*header).owner) {
-                    let dev = Opaque::cast_into(&raw const (*header).dev);
-                    if bindings::kvm_io_bus_unregister_dev(kvm, range.bus.as_raw(), dev) != 0 {
-                        break;
-                    }
+                let dev = Opaque::cast_into(&raw const (*header).dev);
+                if visit((*header).range, (*header).owner, dev).is_break() {
+                    break;
                 }
                 pos = next;
             }
