@@ -215,3 +215,22 @@ staged_selftests() {
 		cpio -0 -pdm --quiet "$out")
 	echo "$out"
 }
+
+# kvm_ko_identity KO: which coalesced MMIO a kvm.ko carries, from its symbols: "c" (the C file's
+# coalesced_mmio_write(), none of our crate's), "rust" (our crate, coalesced_mmio_rust, and not
+# the C function), or "unknown". scripts/guest/kvm-load makes the same test on the loaded module.
+kvm_ko_identity() {
+	local syms
+	syms=$(nm "$1" 2>/dev/null) || { echo unknown; return; }
+	local c=0 rust=0
+	grep -qE '^[0-9a-f]* [tT] coalesced_mmio_write$' <<<"$syms" && c=1
+	grep -q 'coalesced_mmio_rust' <<<"$syms" && rust=1
+	case $c$rust in 10) echo c ;; 01) echo rust ;; *) echo unknown ;; esac
+}
+
+# check_variant_identity KO c|rust: dies unless the kvm.ko is the variant it is handed out as.
+check_variant_identity() {
+	local got
+	got=$(kvm_ko_identity "$1")
+	[ "$got" = "$2" ] || die "$1 is handed out as the $2 kvm.ko but its symbols say: $got"
+}
