@@ -234,3 +234,18 @@ check_variant_identity() {
 	got=$(kvm_ko_identity "$1")
 	[ "$got" = "$2" ] || die "$1 is handed out as the $2 kvm.ko but its symbols say: $got"
 }
+
+# guest_tool NAME: the path of scripts/guest/NAME.c built static in the build root, once per
+# version of its source (under $CACHE/build/guest-tools).
+guest_tool() {
+	local src=$TOP/scripts/guest/$1.c key out
+	key=$(cat "$src" "$ROOT/kvmrs-versions" | sha256sum | cut -c1-12)
+	out=$CACHE/build/guest-tools/$1-$key
+	if [ ! -x "$out" ]; then
+		mkdir -p "$CACHE/build/guest-tools"
+		"$TOP/scripts/in-root" gcc -O2 -Wall -Wextra -Werror -static -o "$out.tmp" "$src" >&2 ||
+			die "building $src failed"
+		mv "$out.tmp" "$out"
+	fi
+	echo "$out"
+}

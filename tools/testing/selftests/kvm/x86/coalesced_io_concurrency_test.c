@@ -126,6 +126,8 @@ static void *drainer(void *arg)
 	return NULL;
 }
 
+static unsigned long toggles;	/* unregister/register rounds the toggler completed */
+
 static void *toggler(void *arg)
 {
 	while (!READ_ONCE(stop_toggler)) {
@@ -134,6 +136,7 @@ static void *toggler(void *arg)
 		usleep(200);
 		kvm_vm_register_coalesced_io(vm, MMIO_GPA, 8 * NR_VCPUS, false);
 		kvm_vm_register_coalesced_io(vm, PIO_BASE, 4 * NR_VCPUS, true);
+		toggles++;
 		usleep(1000);
 	}
 	return NULL;
@@ -257,6 +260,9 @@ static void run_phase(const char *name, enum phase phase)
 	if (toggle) {
 		WRITE_ONCE(stop_toggler, true);
 		pthread_join(toggle_thread, NULL);
+		/* The zones really came and went while the vCPUs wrote. */
+		TEST_ASSERT(toggles > 0, "%s: the zones were never re-registered", name);
+		printf("%s: zones unregistered and registered again %lu times\n", name, toggles);
 	}
 	WRITE_ONCE(stop_helper, true);
 	pthread_join(helper_thread, NULL);
@@ -267,6 +273,7 @@ static void run_phase(const char *name, enum phase phase)
 		       name, NR_VCPUS, WRITES, from_exits, 2ul * NR_VCPUS * WRITES - from_exits);
 		printf("%u whole entries in the ring, nothing written past it\n", entries);
 		TEST_ASSERT(entries > 0, "%s: nothing was coalesced", name);
+		TEST_ASSERT(from_exits < 2ul * NR_VCPUS * WRITES, "%s: every write exited", name);
 		kvm_vm_free(vm);
 		return;
 	}

@@ -15,10 +15,13 @@
  * guest's writes, unchanged, in order, and while userspace has not corrupted the ring indices
  * the ring holds exactly the writes that did not exit, in order, untorn.
  *
- *   coalesced_io_fuzz [-s SEED] [-n OPS] [-t TRACE_FILE]
+ *   coalesced_io_fuzz [-s SEED] [-n OPS] [-t TRACE_FILE] [-F]
  *
  * It prints the seed first so that any failure can be replayed, and stops by itself after OPS
- * operations (default 20000) with a summary and the trace's digest.
+ * operations (default 20000) with a summary and the trace's digest. With -F it also fails unless
+ * the run covered what it is for, in proportion to OPS (coverage_floors()): a fuzzer whose writes
+ * stopped landing in zones, or whose ring never filled, would otherwise compare two trivially
+ * identical traces.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -166,6 +169,10 @@ trace_ring(struct kvm_coalesced_mmio_ring *ring, const char *fmt, ...)
 static struct {
 	uint64_t ops, writes, exits, drained, checked, batches, vms;
 	uint64_t reg, reg_ok, unreg, bad_zones, corruptions, resets;
+	/* Exits of writes inside a registered zone: with the ring full, and otherwise. */
+	uint64_t full_exits, zone_exits;
+	/* Refusals of each ioctl by errno (anything above 255 is counted at 255). */
+	uint64_t reg_refused[256], unreg_refused[256];
 } stats;
 
 struct zone {
@@ -217,6 +224,8 @@ static uint64_t write_data(const struct guest_write *w)
 	return w->len == 8 ? w->val : w->val & ((1ull << (8 * w->len)) - 1);
 }
 
+static bool in_live_zone(struct fuzz *f, const struct guest_write *w);
+
 /* An exit must be the next write that has not yet been accounted for, unchanged. */
 static uint32_t match_exit(struct fuzz *f, uint32_t next, bool pio, uint64_t addr, uint32_t len,
 			   uint64_t data)
@@ -236,6 +245,13 @@ static uint32_t match_exit(struct fuzz *f, uint32_t next, bool pio, uint64_t add
 	for (; next < i; next++)
 		if (f->tracked && f->nr_expected < ARRAY_SIZE(f->expected))
 			f->expected[f->nr_expected++] = batch[next];
+	/* A write to a zone exits when the ring has no room (or KVM refused it otherwise). */
+	if (f->tracked && in_live_zone(f, &batch[i])) {
+		if (f->nr_expected == f->max - 1)
+			stats.full_exits++;
+		else
+			stats.zone_exits++;
+	}
 	return i + 1;
 }
 
@@ -379,6 +395,27 @@ static int zone_ioctl(struct fuzz *f, unsigned long nr, const struct zone *z)
 	return ioctl(f->vm->fd, nr, &zone) ? -errno : 0;
 }
 
+static void count_refusal(uint64_t *refused, int ret)
+{
+	if (ret)
+		refused[-ret < 255 ? -ret : 255]++;
+}
+
+/* coalesced_mmio_in_range() as a write uses it: the write lies inside a zone of its bus. */
+static bool in_live_zone(struct fuzz *f, const struct guest_write *w)
+{
+	int i;
+
+	for (i = 0; i < f->nr_live; i++) {
+		const struct zone *z = &f->live[i];
+
+		if (z->pio == w->pio && w->addr + w->len >= w->addr && w->addr >= z->addr &&
+		    w->addr + w->len <= z->addr + z->size)
+			return true;
+	}
+	return false;
+}
+
 /* A random zone: its bus first, then an address on that bus, then a size. */
 static struct zone pick_zone(void)
 {
@@ -398,6 +435,7 @@ static void op_register(struct fuzz *f)
 	ret = zone_ioctl(f, KVM_REGISTER_COALESCED_MMIO, &z);
 	trace("reg 0x%" PRIx64 " 0x%x %u = %d", z.addr, z.size, z.pio, ret);
 	stats.reg++;
+	count_refusal(stats.reg_refused, ret);
 	if (!ret) {
 		stats.reg_ok++;
 		if (f->nr_live < MAX_LIVE)
@@ -441,6 +479,7 @@ static void op_unregister(struct fuzz *f)
 	ret = zone_ioctl(f, KVM_UNREGISTER_COALESCED_MMIO, &req);
 	trace("unreg 0x%" PRIx64 " 0x%x %u = %d", req.addr, req.size, req.pio, ret);
 	stats.unreg++;
+	count_refusal(stats.unreg_refused, ret);
 	for (i = 0; i < f->nr_live; i++) {
 		if (req.pio == f->live[i].pio && request_inside(&req, &f->live[i]))
 			f->live[i--] = f->live[--f->nr_live];
@@ -545,15 +584,49 @@ static int pick_op(const uint32_t *weight)
 	return i;
 }
 
+/*
+ * What a run of OPS operations covers at the least, whatever the seed: a quarter of what the
+ * seed make check uses (20261125) gives per 100000 operations, each at least 1.
+ */
+static void coverage_floors(uint64_t ops)
+{
+	const struct {
+		const char *what;
+		uint64_t got, per_100k;
+	} floors[] = {
+		{ "writes coalesced", stats.writes - stats.exits, 4500 },
+		{ "ring entries checked against the writes", stats.checked, 1800 },
+		{ "exits with the ring full", stats.full_exits, 0 },
+		{ "registers accepted", stats.reg_ok, 2200 },
+		{ "registers refused with EINVAL", stats.reg_refused[EINVAL], 100 },
+		{ "unregisters refused with EINVAL", stats.unreg_refused[EINVAL], 100 },
+		{ "unregisters", stats.unreg, 2200 },
+		{ "index corruptions", stats.corruptions, 350 },
+		{ "VMs", stats.vms, 20 },
+	};
+	uint64_t floor;
+	size_t i;
+
+	for (i = 0; i < ARRAY_SIZE(floors); i++) {
+		floor = floors[i].per_100k * ops / 100000;
+		if (!floor)
+			floor = 1;
+		TEST_ASSERT(floors[i].got >= floor,
+			    "coverage: %" PRIu64 " %s in %" PRIu64 " operations, fewer than %" PRIu64,
+			    floors[i].got, floors[i].what, ops, floor);
+	}
+}
+
 int main(int argc, char *argv[])
 {
 	uint32_t weight[NR_OPS];
 	struct fuzz f = {};
 	uint64_t nr_ops = 20000;
+	bool floors = false;
 	int opt, i, op;
 
 	f.seed = time(NULL) ^ ((uint64_t)getpid() << 32);
-	while ((opt = getopt(argc, argv, "s:n:t:")) != -1) {
+	while ((opt = getopt(argc, argv, "s:n:t:F")) != -1) {
 		switch (opt) {
 		case 's':
 			f.seed = strtoull(optarg, NULL, 0);
@@ -565,8 +638,11 @@ int main(int argc, char *argv[])
 			trace_file = fopen(optarg, "w");
 			TEST_ASSERT(trace_file, "cannot open %s", optarg);
 			break;
+		case 'F':
+			floors = true;
+			break;
 		default:
-			printf("usage: %s [-s SEED] [-n OPS] [-t TRACE_FILE]\n", argv[0]);
+			printf("usage: %s [-s SEED] [-n OPS] [-t TRACE_FILE] [-F]\n", argv[0]);
 			exit(KSFT_FAIL);
 		}
 	}
@@ -630,6 +706,12 @@ int main(int argc, char *argv[])
 	       stats.reg, stats.reg_ok, stats.unreg);
 	printf("%" PRIu64 " hostile zones, %" PRIu64 " index corruptions, %" PRIu64 " VMs\n",
 	       stats.bad_zones, stats.corruptions, stats.vms);
+	printf("coalesced_io_fuzz: %" PRIu64 " writes to zones exited with the ring full, %" PRIu64
+	       " otherwise; refused: %" PRIu64 " registers and %" PRIu64 " unregisters with EINVAL, %"
+	       PRIu64 " registers with ENOSPC\n", stats.full_exits, stats.zone_exits,
+	       stats.reg_refused[EINVAL], stats.unreg_refused[EINVAL], stats.reg_refused[ENOSPC]);
 	printf("coalesced_io_fuzz: trace digest %016" PRIx64 "\n", digest);
+	if (floors)
+		coverage_floors(stats.ops);
 	return 0;
 }
