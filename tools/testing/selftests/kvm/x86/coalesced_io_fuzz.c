@@ -585,8 +585,10 @@ static int pick_op(const uint32_t *weight)
 }
 
 /*
- * What a run of OPS operations covers at the least, whatever the seed: a quarter of what the
- * seed make check uses (20261125) gives per 100000 operations, each at least 1.
+ * What a run of OPS operations must cover (-F): a quarter of what the seed make check uses
+ * (20261125) gives per 100000 operations, each at least 1. Other seeds may fall short of the
+ * rarest, a full ring while the indices are trusted (a phase that neither drains, resets nor
+ * corrupts the ring: about 1 in 64), so `make fuzz` does not ask for them.
  */
 static void coverage_floors(uint64_t ops)
 {
@@ -596,12 +598,12 @@ static void coverage_floors(uint64_t ops)
 	} floors[] = {
 		{ "writes coalesced", stats.writes - stats.exits, 4500 },
 		{ "ring entries checked against the writes", stats.checked, 1800 },
-		{ "exits with the ring full", stats.full_exits, 0 },
+		{ "exits with the ring full", stats.full_exits, 25 },
 		{ "registers accepted", stats.reg_ok, 2200 },
 		{ "registers refused with EINVAL", stats.reg_refused[EINVAL], 100 },
-		{ "unregisters refused with EINVAL", stats.unreg_refused[EINVAL], 100 },
+		{ "unregisters refused with EINVAL", stats.unreg_refused[EINVAL], 50 },
 		{ "unregisters", stats.unreg, 2200 },
-		{ "index corruptions", stats.corruptions, 350 },
+		{ "index corruptions", stats.corruptions, 300 },
 		{ "VMs", stats.vms, 20 },
 	};
 	uint64_t floor;
