@@ -57,17 +57,13 @@ pub(crate) struct Insert {
 /// test is `(last + 1) % max == first` and not the older `(first - last - 1) % max == 0`, which
 /// wrapped in `u32` and called a ring with 84 free entries full (fixed in 6.12). `first` is
 /// compared, never used as an index, so any value of it is harmless.
-///
-/// `make check` builds mutants of this rule (`kvmrs_mutant`, never set otherwise) and requires
-/// its tests to catch each: the bound dropped, the ring called full one entry early.
 pub(crate) fn next_insert(first: u32, last: u32, max: u32) -> Option<Insert> {
-    if last >= max && !cfg!(kvmrs_mutant = "last_unbounded") {
+    if last >= max {
         return None;
     }
     // `last < max <= u32::MAX`, so `last + 1` cannot overflow, and `max > 0` here.
     let next_last = (last + 1) % max;
-    let full_early = cfg!(kvmrs_mutant = "ring_full_early") && (next_last + 1) % max == first;
-    if next_last == first || full_early {
+    if next_last == first {
         return None;
     }
     Some(Insert {

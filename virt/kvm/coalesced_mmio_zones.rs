@@ -78,7 +78,7 @@ pub(crate) fn unregister_ring_zones(vm: &Vm, request: Zone, owner: usize) -> Res
     vm.lock_slots()
         .unregister_coalesced_zones(|zone, zone_owner| {
             zone_owner == owner
-                && (zone.bus == bus || cfg!(kvmrs_mutant = "unregister_ignores_pio"))
+                && zone.bus == bus
                 && zone_contains(zone.addr, zone.size, request.addr, len)
         });
     // Ignore the result of kvm_io_bus_unregister_dev(): from userspace's perspective, the

@@ -296,10 +296,7 @@ impl<'a, T> RingGuard<'a, T> {
     /// access from KVM (at most 8 bytes); the checks keep this function from ever writing
     /// outside the ring.
     pub(crate) fn fill(&mut self, slot: u32, addr: u64, data: &[u8], pio: u32) -> Result {
-        // (The second check of `make check`'s "last_unbounded" mutant, which drops both.)
-        if (slot >= self.ring.entries && !cfg!(kvmrs_mutant = "last_unbounded"))
-            || data.len() > ENTRY_DATA
-        {
+        if slot >= self.ring.entries || data.len() > ENTRY_DATA {
             return Err(EINVAL);
         }
         // SAFETY: `ring` is valid by `RingView`'s invariant and `slot < entries`, so the entry
