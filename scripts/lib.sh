@@ -243,9 +243,11 @@ guest_tool() {
 	out=$CACHE/build/guest-tools/$1-$key
 	if [ ! -x "$out" ]; then
 		mkdir -p "$CACHE/build/guest-tools"
-		"$TOP/scripts/in-root" gcc -O2 -Wall -Wextra -Werror -static -o "$out.tmp" "$src" >&2 ||
+		local tmp
+		tmp=$(mktemp "$out.XXXXXX")
+		"$TOP/scripts/in-root" gcc -O2 -Wall -Wextra -Werror -static -o "$tmp" "$src" >&2 ||
 			die "building $src failed"
-		mv "$out.tmp" "$out"
+		mv "$tmp" "$out"
 	fi
 	echo "$out"
 }

@@ -306,7 +306,7 @@ static void test_register_edges(struct ctx *c)
 	TEST_ASSERT(!guest_write(c, 0, MMIO_GPA + 4, 4, 14), "overlapping zones left behind");
 	TEST_ASSERT_EQ(unreg(c, MMIO_GPA + 0x100, 0, 0), 0);
 
-	/* Fill the PIO bus (which may already hold in-kernel PIC devices) to its limit. */
+	/* Fill the PIO bus, which holds the in-kernel PIC's three devices, to its limit. */
 	for (n = 0; n <= NR_IOBUS_DEVS; n++) {
 		ret = reg(c, 0x4000, 8, 1);
 		if (ret)
