@@ -126,7 +126,7 @@ prune_caches() {
 		name=${name#debian-}
 		name=${name%-debug}
 		case "$d" in
-		"$CACHE"/build/module | "$CACHE"/build/module/kdir-*) continue ;;
+		"$CACHE"/build/module | "$CACHE"/build/module/kdir-* | "$CACHE"/build/guest-tools) continue ;;
 		"$CACHE"/build/module/*) discovered "$name" && continue ;;
 		# Our kernel's build directories: its current source version's only.
 		"$CACHE"/build/*) [ "$name" = "$in_tree" ] && continue ;;
