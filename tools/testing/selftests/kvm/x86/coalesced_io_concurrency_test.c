@@ -269,10 +269,10 @@ static void run_phase(const char *name, enum phase phase)
 		WRITE_ONCE(stop_toggler, true);
 		pthread_join(toggle_thread, NULL);
 		/* The zones came and went while every vCPU was still writing. */
-		TEST_ASSERT(toggles_seen > 0, "%s: no vCPU wrote while the zones were re-registered",
+		TEST_ASSERT(toggles_seen > 0, "%s: no vCPU wrote while zones were re-registered",
 			    name);
-		printf("%s: zones unregistered and registered again %lu times, %lu before the first vCPU finished\n",
-		       name, toggles, toggles_seen);
+		printf("%s: zones unregistered and registered again %lu times, ", name, toggles);
+		printf("%lu before the first vCPU finished\n", toggles_seen);
 	}
 	WRITE_ONCE(stop_helper, true);
 	pthread_join(helper_thread, NULL);

@@ -34,7 +34,7 @@
 #define MMIO_GPA	(4ull * SZ_1G)	/* no memslot here: identity-mapped MMIO */
 #define PIO_PORT	0x80
 #define NR_IOBUS_DEVS	1000
-/* What the PIO bus of a VM with kvm_util's in-kernel irqchip holds: the PIC's master, slave, ELCR. */
+/* On the PIO bus of a VM with kvm_util's irqchip: the PIC's master, slave and ELCR. */
 #define PIC_PIO_DEVS	3
 #define SCRIBBLED_WRITES 3000
 #define UCALL_PORT	0x1000	/* x86 ucalls are OUTs to this port (lib/x86_64/ucall.c) */
@@ -340,7 +340,7 @@ static struct ctx new_ctx(void)
 }
 
 /* The -c mode: CYCLES VMs made and destroyed with zones, and buffers where there are buffers. */
-static void cycles(int n)
+static void run_cycles(int n)
 {
 	int entries = kvm_check_cap(KVM_CAP_COALESCED_MMIO2);
 	struct kvm_vm *vm;
@@ -384,7 +384,7 @@ int main(int argc, char *argv[])
 			printf("usage: %s [-c CYCLES]\n", argv[0]);
 			return KSFT_FAIL;
 		}
-		cycles(atoi(optarg));
+		run_cycles(atoi(optarg));
 		return 0;
 	}
 

@@ -614,7 +614,7 @@ static void coverage_floors(uint64_t ops)
 		if (!floor)
 			floor = 1;
 		TEST_ASSERT(floors[i].got >= floor,
-			    "coverage: %" PRIu64 " %s in %" PRIu64 " operations, fewer than %" PRIu64,
+			    "coverage: %" PRIu64 " %s in %" PRIu64 " operations, under %" PRIu64,
 			    floors[i].got, floors[i].what, ops, floor);
 	}
 }
@@ -709,9 +709,10 @@ int main(int argc, char *argv[])
 	printf("%" PRIu64 " hostile zones, %" PRIu64 " index corruptions, %" PRIu64 " VMs\n",
 	       stats.bad_zones, stats.corruptions, stats.vms);
 	printf("coalesced_io_fuzz: %" PRIu64 " writes to zones exited with the ring full, %" PRIu64
-	       " otherwise; refused: %" PRIu64 " registers and %" PRIu64 " unregisters with EINVAL, %"
-	       PRIu64 " registers with ENOSPC\n", stats.full_exits, stats.zone_exits,
-	       stats.reg_refused[EINVAL], stats.unreg_refused[EINVAL], stats.reg_refused[ENOSPC]);
+	       " otherwise; ", stats.full_exits, stats.zone_exits);
+	printf("refused: %" PRIu64 " registers and %" PRIu64 " unregisters with EINVAL, %" PRIu64
+	       " registers with ENOSPC\n", stats.reg_refused[EINVAL], stats.unreg_refused[EINVAL],
+	       stats.reg_refused[ENOSPC]);
 	printf("coalesced_io_fuzz: trace digest %016" PRIx64 "\n", digest);
 	if (floors)
 		coverage_floors(stats.ops);
