@@ -224,7 +224,22 @@ static uint64_t write_data(const struct guest_write *w)
 	return w->len == 8 ? w->val : w->val & ((1ull << (8 * w->len)) - 1);
 }
 
-static bool in_live_zone(struct fuzz *f, const struct guest_write *w);
+/* coalesced_mmio_in_range(): [addr, addr + len) does not wrap and lies inside the zone. */
+static bool range_inside(uint64_t addr, uint64_t len, const struct zone *z)
+{
+	return addr + len >= addr && addr >= z->addr && addr + len <= z->addr + z->size;
+}
+
+/* As a write uses it: the write lies inside a zone of its bus. */
+static bool in_live_zone(struct fuzz *f, const struct guest_write *w)
+{
+	int i;
+
+	for (i = 0; i < f->nr_live; i++)
+		if (f->live[i].pio == w->pio && range_inside(w->addr, w->len, &f->live[i]))
+			return true;
+	return false;
+}
 
 /* An exit must be the next write that has not yet been accounted for, unchanged. */
 static uint32_t match_exit(struct fuzz *f, uint32_t next, bool pio, uint64_t addr, uint32_t len,
@@ -401,21 +416,6 @@ static void count_refusal(uint64_t *refused, int ret)
 		refused[-ret < 255 ? -ret : 255]++;
 }
 
-/* coalesced_mmio_in_range() as a write uses it: the write lies inside a zone of its bus. */
-static bool in_live_zone(struct fuzz *f, const struct guest_write *w)
-{
-	int i;
-
-	for (i = 0; i < f->nr_live; i++) {
-		const struct zone *z = &f->live[i];
-
-		if (z->pio == w->pio && w->addr + w->len >= w->addr && w->addr >= z->addr &&
-		    w->addr + w->len <= z->addr + z->size)
-			return true;
-	}
-	return false;
-}
-
 /* A random zone: its bus first, then an address on that bus, then a size. */
 static struct zone pick_zone(void)
 {
@@ -448,8 +448,7 @@ static bool request_inside(const struct zone *req, const struct zone *z)
 {
 	int len = req->size;
 
-	return len >= 0 && req->addr + len >= req->addr && req->addr >= z->addr &&
-	       req->addr + len <= z->addr + z->size;
+	return len >= 0 && range_inside(req->addr, len, z);
 }
 
 static void op_unregister(struct fuzz *f)
