@@ -54,7 +54,8 @@
 #define PORT_B		0x87
 #define MMIO_A		0xd0000
 #define MMIO_B		0xd0100
-#define SPARE_PORT	0x90	/* registered after an unregister: is the PIO bus still there? */
+/* Registered after an unregister: is the PIO bus still there? */
+#define SPARE_PORT	0x90
 
 /*
  *	mov al, 0x42; out 0x80, al; mov al, 0x43; out 0x87, al
@@ -77,6 +78,7 @@ static const struct {
 } writes[] = {
 	{ 1, PORT_A, 0x42 }, { 1, PORT_B, 0x43 }, { 0, MMIO_A, 0x44 }, { 0, MMIO_B, 0x45 },
 };
+
 #define NR_WRITES	4
 
 /* What became of each write: exited, into the VM's ring, into a buffer's ring. */
@@ -143,12 +145,14 @@ static void find_function(const char *name, struct text_range *range)
 	while (fgets(line, sizeof(line), f))
 		if (sscanf(line, "%llx %c %255s", &addr, &type, sym) == 3 && !strcmp(sym, name))
 			start = addr;
-	TEST_ASSERT(start, "no %s in /proc/kallsyms: the sweeps would count the slab allocator's own allocations",
-		    name);
+	TEST_ASSERT(start, "no %s in /proc/kallsyms: %s", name,
+		    "the sweeps would count the slab allocator's own allocations");
 	rewind(f);
-	while (fgets(line, sizeof(line), f))
-		if (sscanf(line, "%llx", &addr) == 1 && addr > start && addr < end)
+	while (fgets(line, sizeof(line), f)) {
+		addr = strtoull(line, NULL, 16);
+		if (addr > start && addr < end)
 			end = addr;
+	}
 	fclose(f);
 	snprintf(range->start, sizeof(range->start), "0x%llx", start);
 	snprintf(range->end, sizeof(range->end), "0x%llx", end);
@@ -349,9 +353,11 @@ static void drain(struct kvm_coalesced_mmio_ring *ring, uint32_t max, char *fate
 		for (i = 0; i < NR_WRITES; i++)
 			if (writes[i].pio == e->pio && writes[i].addr == e->phys_addr)
 				break;
-		if (i == NR_WRITES || fate[i] != '-' || e->len != 1 || e->data[0] != writes[i].val) {
-			fail("ring entry %u: %s 0x%llx len %u data 0x%x is no write of the guest's, or one seen twice",
-			     first, e->pio ? "PIO" : "MMIO", e->phys_addr, e->len, e->data[0]);
+		if (i == NR_WRITES || fate[i] != '-' || e->len != 1 ||
+		    e->data[0] != writes[i].val) {
+			fail("ring entry %u: %s 0x%llx len %u data 0x%x: %s", first,
+			     e->pio ? "PIO" : "MMIO", e->phys_addr, e->len, e->data[0],
+			     "no write of the guest's, or one seen twice");
 			continue;
 		}
 		fate[i] = mark;
@@ -372,8 +378,10 @@ static void probe(struct vm *vm, struct buffer *b, char *out, size_t len)
 	int i, runs;
 
 	TEST_ASSERT(!ioctl(vm->vcpu_fd, KVM_GET_SREGS, &sregs), "KVM_GET_SREGS");
-	sregs.cs.base = sregs.cs.selector = 0;
-	sregs.ds.base = sregs.ds.selector = 0;
+	sregs.cs.base = 0;
+	sregs.cs.selector = 0;
+	sregs.ds.base = 0;
+	sregs.ds.selector = 0;
 	TEST_ASSERT(!ioctl(vm->vcpu_fd, KVM_SET_SREGS, &sregs), "KVM_SET_SREGS");
 	TEST_ASSERT(!ioctl(vm->vcpu_fd, KVM_SET_REGS, &regs), "KVM_SET_REGS");
 	for (runs = 0;; runs++) {
@@ -479,7 +487,8 @@ static void register_one(unsigned int n, struct outcome *o, bool *injected, uint
 	o->rc = ARMED(n, injected, zone_ioctl(vm.fd, KVM_REGISTER_COALESCED_MMIO, addr, 1, pio));
 	probe(&vm, NULL, o->state, sizeof(o->state));
 	if (o->rc) {
-		must(zone_ioctl(vm.fd, KVM_REGISTER_COALESCED_MMIO, addr, 1, pio), "register again");
+		must(zone_ioctl(vm.fd, KVM_REGISTER_COALESCED_MMIO, addr, 1, pio),
+		     "register again");
 		append_state(o, " again ");
 		probe(&vm, NULL, o->state + strlen(o->state), sizeof(o->state) - strlen(o->state));
 	}
@@ -528,7 +537,8 @@ static void op_unregister_many(unsigned int n, struct outcome *o, bool *injected
 	vm_new(&vm);
 	add_zones(&vm);
 	for (size = 2; size <= PORT_B - PORT_A + 1; size++)
-		must(zone_ioctl(vm.fd, KVM_REGISTER_COALESCED_MMIO, PORT_A, size, 1), "register PIO");
+		must(zone_ioctl(vm.fd, KVM_REGISTER_COALESCED_MMIO, PORT_A, size, 1),
+		     "register PIO");
 	o->rc = ARMED(n, injected, zone_ioctl(vm.fd, KVM_UNREGISTER_COALESCED_MMIO, PORT_A, 1, 1));
 	probe(&vm, NULL, o->state, sizeof(o->state));
 	spare_zone(&vm, o);
@@ -634,7 +644,8 @@ static void op_buffer_unregister(unsigned int n, struct outcome *o, bool *inject
 	struct vm vm;
 
 	buffer_with_zones(&vm, &b);
-	o->rc = ARMED(n, injected, zone2_ioctl(vm.fd, KVM_UNREGISTER_COALESCED_MMIO2, &b, PORT_B, 1));
+	o->rc = ARMED(n, injected,
+		      zone2_ioctl(vm.fd, KVM_UNREGISTER_COALESCED_MMIO2, &b, PORT_B, 1));
 	probe(&vm, &b, o->state, sizeof(o->state));
 	spare_zone(&vm, o);
 	buffer_free(&b);
@@ -698,8 +709,9 @@ static bool allocator_frame(const char *f)
 	static const char *const prefixes[] = {
 		"dump_stack", "fail_dump", "should_fail", "__should_fail", "should_failslab",
 		"__kmalloc", "kmalloc", "__kvmalloc", "kvmalloc", "kmem_cache_alloc", "kzalloc",
-		"krealloc", "__alloc_pages", "alloc_pages", "__alloc_frozen_pages", "__get_free_pages", "get_free_pages",
-		"get_zeroed_page", "__vmalloc", "vmalloc", "vzalloc", "__folio_alloc", "folio_alloc",
+		"krealloc", "__alloc_pages", "alloc_pages", "__alloc_frozen_pages",
+		"__get_free_pages", "get_free_pages", "get_zeroed_page", "__vmalloc", "vmalloc",
+		"vzalloc", "__folio_alloc", "folio_alloc",
 		"alloc_slab_page", "allocate_slab", "new_slab", "___slab_alloc", "__slab_alloc",
 		"prepare_alloc_pages", "vm_area_alloc_pages", "alloc_pages_bulk", "__pcs_",
 		"refill_", "slab_alloc", "__do_kmalloc", "kmalloc_large", "___kmalloc_large",
@@ -711,7 +723,7 @@ static bool allocator_frame(const char *f)
 	/* The kernel crate's allocators, by their mangled names. */
 	if (strstr(f, "5alloc9allocator"))
 		return true;
-	for (i = 0; i < sizeof(prefixes) / sizeof(prefixes[0]); i++)
+	for (i = 0; i < ARRAY_SIZE(prefixes); i++)
 		if (!strncmp(f, prefixes[i], strlen(prefixes[i])))
 			return true;
 	return false;
@@ -745,7 +757,7 @@ static void read_kmsg(unsigned int n, bool injected)
 		end = strchr(msg, '\n');
 		if (end)
 			*end = 0;
-		for (i = 0; i < sizeof(reports) / sizeof(reports[0]); i++)
+		for (i = 0; i < ARRAY_SIZE(reports); i++)
 			if (strstr(msg, reports[i]))
 				fail("kernel report after fault %u: %s", n, msg);
 		if (strstr(msg, "FAULT_INJECTION: forcing a failure")) {
@@ -759,7 +771,8 @@ static void read_kmsg(unsigned int n, bool injected)
 		if (!in_trace)
 			continue;
 		if (strstr(msg, "</TASK>")) {
-			in_fault = in_trace = false;
+			in_fault = false;
+			in_trace = false;
 			continue;
 		}
 		/* " func+0x1a/0x40 [kvm]" (a leading "? " marks an unreliable frame) */
@@ -776,7 +789,8 @@ static void read_kmsg(unsigned int n, bool injected)
 			snprintf(kvm, sizeof(kvm), "%.*s", (int)(plus - msg), msg);
 	}
 	if (injected)
-		printf("site: %s %s %u: %s%s%s\n", cur_op, cur_kind, n, caller[0] ? caller : "silent",
+		printf("site: %s %s %u: %s%s%s\n", cur_op, cur_kind, n,
+		       caller[0] ? caller : "silent",
 		       kvm[0] && strcmp(kvm, caller) ? " < " : "", strcmp(kvm, caller) ? kvm : "");
 }
 
@@ -825,7 +839,8 @@ static unsigned int sweep(const struct op *op, const char *kind)
 			fail("%s without an injected fault", rc_name(o.rc));
 		fprintf(trace, "%s %s %u %s %s\n", op->name, kind, n, rc_name(o.rc), o.state);
 		if (verbose)
-			printf("trace: %s %s %u %s %s\n", op->name, kind, n, rc_name(o.rc), o.state);
+			printf("trace: %s %s %u %s %s\n", op->name, kind, n, rc_name(o.rc),
+			       o.state);
 		if (!injected)
 			return n;
 	}
@@ -834,7 +849,7 @@ static unsigned int sweep(const struct op *op, const char *kind)
 int main(int argc, char *argv[])
 {
 	const char *trace_path = "/dev/null";
-	bool chosen[sizeof(ops) / sizeof(ops[0])] = {}, any_chosen = false;
+	bool chosen[ARRAY_SIZE(ops)] = {}, any_chosen = false;
 	char keeper_state[160], summary[160];
 	unsigned int attempts, total = 0;
 	struct vm keeper;
@@ -850,7 +865,7 @@ int main(int argc, char *argv[])
 			verbose = true;
 			break;
 		case 'o':
-			for (i = 0; i < sizeof(ops) / sizeof(ops[0]); i++)
+			for (i = 0; i < ARRAY_SIZE(ops); i++)
 				if (!strcmp(optarg, ops[i].name))
 					chosen[i] = true;
 			break;
@@ -859,17 +874,20 @@ int main(int argc, char *argv[])
 			return KSFT_FAIL;
 		}
 	}
-	for (i = 0; i < sizeof(ops) / sizeof(ops[0]); i++)
+	for (i = 0; i < ARRAY_SIZE(ops); i++)
 		any_chosen |= chosen[i];
 	TEST_REQUIRE(kvm_has_cap(KVM_CAP_COALESCED_MMIO));
 	TEST_REQUIRE(kvm_has_cap(KVM_CAP_COALESCED_PIO));
 	__TEST_REQUIRE(!access("/proc/thread-self/fail-nth", W_OK),
 		       "no /proc/thread-self/fail-nth: a kernel without CONFIG_FAULT_INJECTION");
-	__TEST_REQUIRE(!access(DEBUGFS "/failslab", F_OK) && !access(DEBUGFS "/fail_page_alloc", F_OK),
-		       "no failslab or fail_page_alloc in debugfs (CONFIG_FAILSLAB, CONFIG_FAIL_PAGE_ALLOC, CONFIG_FAULT_INJECTION_DEBUG_FS)");
+	__TEST_REQUIRE(!access(DEBUGFS "/failslab", F_OK) &&
+		       !access(DEBUGFS "/fail_page_alloc", F_OK),
+		       "no failslab or fail_page_alloc in debugfs (%s)",
+		       "CONFIG_FAILSLAB, CONFIG_FAIL_PAGE_ALLOC, CONFIG_FAULT_INJECTION_DEBUG_FS");
 	__TEST_REQUIRE(!access(KMEMLEAK, W_OK), "no kmemleak (CONFIG_DEBUG_KMEMLEAK)");
 	__TEST_REQUIRE(!access(DEBUGFS "/fail_page_alloc/reject-start", W_OK),
-		       "no stack filter for fault injection (CONFIG_FAULT_INJECTION_STACKTRACE_FILTER)");
+		       "no stack filter for fault injection (%s)",
+		       "CONFIG_FAULT_INJECTION_STACKTRACE_FILTER");
 	buffer_entries = kvm_check_cap(KVM_CAP_COALESCED_MMIO2);
 	find_function("new_slab", &slab_refill);
 	find_function("__alloc_empty_sheaf", &sheaf_alloc);
@@ -898,11 +916,11 @@ int main(int argc, char *argv[])
 	TEST_ASSERT(!strcmp(keeper_state, "rxrx"), "a VM without faults: %s", keeper_state);
 
 	write_file(KMEMLEAK, "clear");
-	for (i = 0; i < sizeof(ops) / sizeof(ops[0]); i++) {
+	for (i = 0; i < ARRAY_SIZE(ops); i++) {
 		if ((ops[i].buffers && buffer_entries <= 0) || (any_chosen && !chosen[i]))
 			continue;
 		snprintf(summary, sizeof(summary), "%s:", ops[i].name);
-		for (k = 0; k < sizeof(kinds) / sizeof(kinds[0]); k++) {
+		for (k = 0; k < ARRAY_SIZE(kinds); k++) {
 			attempts = sweep(&ops[i], kinds[k]);
 			total += attempts;
 			snprintf(summary + strlen(summary), sizeof(summary) - strlen(summary),
