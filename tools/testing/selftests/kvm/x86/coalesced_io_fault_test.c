@@ -133,7 +133,7 @@ struct text_range {
 	char start[24], end[24];
 };
 
-static struct text_range slab_refill, sheaf_alloc;
+static struct text_range slab_refill, slab_internal;
 
 static void find_function(const char *name, struct text_range *range)
 {
@@ -186,13 +186,14 @@ static void set_kind(const char *kind)
 	write_file(DEBUGFS "/fail_page_alloc/min-order", slab ? "4294967295" : "0");
 	/*
 	 * Allocations are counted on the operation's own path only, not those the slab allocator
-	 * makes for itself: its refills (all in new_slab()) and its per-CPU sheaves
-	 * (__alloc_empty_sheaf(), whose failure it absorbs). When those happen depends on what
+	 * makes for itself: its refills (all in new_slab()) and its kmallocs for itself, per-CPU
+	 * sheaves above all (all through __kmalloc_flags_noprof(), which only mm/ calls; a
+	 * sheaf's failure is absorbed). When those happen depends on what
 	 * earlier allocations and KASAN's quarantine left in the caches; without them two runs,
 	 * and two kvm.ko, count alike.
 	 */
-	write_file(DEBUGFS "/failslab/reject-start", sheaf_alloc.start);
-	write_file(DEBUGFS "/failslab/reject-end", sheaf_alloc.end);
+	write_file(DEBUGFS "/failslab/reject-start", slab_internal.start);
+	write_file(DEBUGFS "/failslab/reject-end", slab_internal.end);
 	write_file(DEBUGFS "/fail_page_alloc/reject-start", slab_refill.start);
 	write_file(DEBUGFS "/fail_page_alloc/reject-end", slab_refill.end);
 	/* Each injected fault logs its stack, unlimited: that is where the sites come from. */
@@ -235,6 +236,36 @@ static int count_fds(void)
 		n++;
 	closedir(d);
 	return n;
+}
+
+/*
+ * This process's VMs: kvm_create_vm() makes /sys/kernel/debug/kvm/<pid>-<fd>, and
+ * kvm_destroy_vm() removes it.
+ */
+static int count_vms(void)
+{
+	DIR *d = opendir(DEBUGFS "/kvm");
+	char prefix[24];
+	struct dirent *e;
+	int n = 0;
+
+	TEST_ASSERT(d, DEBUGFS "/kvm: %s", strerror(errno));
+	snprintf(prefix, sizeof(prefix), "%d-", getpid());
+	while ((e = readdir(d)))
+		n += !strncmp(e->d_name, prefix, strlen(prefix));
+	closedir(d);
+	return n;
+}
+
+/* The call closed a VM's last reference: it must have been destroyed there and then. */
+static void vm_gone(struct outcome *o, int vms_before)
+{
+	int vms = count_vms();
+
+	snprintf(o->state, sizeof(o->state), "vms%+d", vms - vms_before);
+	if (vms != vms_before - 1)
+		fail("the VM was not destroyed (%d of this process's VMs before, %d after)",
+		     vms_before, vms);
 }
 
 static int zone_ioctl(int vm_fd, unsigned long nr, uint64_t addr, uint32_t size, uint32_t pio)
@@ -441,6 +472,25 @@ struct op {
 	__rc;						\
 })
 
+/*
+ * The state after the call must be one of those listed (NULL-terminated) that its return code
+ * allows: anything else is a partial success, or a lost one.
+ */
+static void expect(const struct outcome *o, ...)
+{
+	const char *allowed;
+	va_list ap;
+
+	va_start(ap, o);
+	while ((allowed = va_arg(ap, const char *)))
+		if (!strcmp(o->state, allowed))
+			break;
+	va_end(ap);
+	if (!allowed)
+		fail("\"%s\" after %s: not a state that this call may leave", o->state,
+		     rc_name(o->rc));
+}
+
 static void append_state(struct outcome *o, const char *fmt, ...)
 {
 	size_t used = strlen(o->state);
@@ -460,7 +510,7 @@ static void add_zones(struct vm *vm)
 
 static void op_create_vm(unsigned int n, struct outcome *o, bool *injected)
 {
-	int fds = count_fds(), fd;
+	int fds = count_fds(), vms = count_vms(), fd;
 	struct vm vm;
 
 	fd = ARMED(n, injected, ioctl(kvm_fd, KVM_CREATE_VM, 0));
@@ -468,18 +518,21 @@ static void op_create_vm(unsigned int n, struct outcome *o, bool *injected)
 	if (fd < 0) {
 		if (count_fds() != fds)
 			fail("a failed KVM_CREATE_VM left a descriptor behind");
+		if (count_vms() != vms)
+			fail("a failed KVM_CREATE_VM left a VM behind (its debugfs directory)");
 		strcpy(o->state, "-");
 		return;
 	}
 	vm_setup(&vm, fd);
 	add_zones(&vm);
 	probe(&vm, NULL, o->state, sizeof(o->state));
+	expect(o, "rxrx", NULL);
 	vm_free(&vm);
 }
 
 /* Registers a zone of the VM's ring under the fault, then, if that failed, again without. */
 static void register_one(unsigned int n, struct outcome *o, bool *injected, uint64_t addr,
-			 uint32_t pio)
+			 uint32_t pio, const char *done, const char *again)
 {
 	struct vm vm;
 
@@ -492,17 +545,18 @@ static void register_one(unsigned int n, struct outcome *o, bool *injected, uint
 		append_state(o, " again ");
 		probe(&vm, NULL, o->state + strlen(o->state), sizeof(o->state) - strlen(o->state));
 	}
+	expect(o, o->rc ? again : done, NULL);
 	vm_free(&vm);
 }
 
 static void op_register_pio(unsigned int n, struct outcome *o, bool *injected)
 {
-	register_one(n, o, injected, PORT_A, 1);
+	register_one(n, o, injected, PORT_A, 1, "rxxx", "xxxx again rxxx");
 }
 
 static void op_register_mmio(unsigned int n, struct outcome *o, bool *injected)
 {
-	register_one(n, o, injected, MMIO_A, 0);
+	register_one(n, o, injected, MMIO_A, 0, "xxrx", "xxxx again xxrx");
 }
 
 /* After an unregister: can the PIO bus still take a zone? (Not if a failure destroyed it.) */
@@ -521,6 +575,8 @@ static void op_unregister_one(unsigned int n, struct outcome *o, bool *injected)
 	o->rc = ARMED(n, injected, zone_ioctl(vm.fd, KVM_UNREGISTER_COALESCED_MMIO, PORT_A, 1, 1));
 	probe(&vm, NULL, o->state, sizeof(o->state));
 	spare_zone(&vm, o);
+	/* Gone, or the whole PIO bus destroyed when it could not shrink; MMIO untouched. */
+	expect(o, "xxrx spare=0", "xxrx spare=-ENOMEM", NULL);
 	vm_free(&vm);
 }
 
@@ -542,6 +598,8 @@ static void op_unregister_many(unsigned int n, struct outcome *o, bool *injected
 	o->rc = ARMED(n, injected, zone_ioctl(vm.fd, KVM_UNREGISTER_COALESCED_MMIO, PORT_A, 1, 1));
 	probe(&vm, NULL, o->state, sizeof(o->state));
 	spare_zone(&vm, o);
+	/* Gone, or the whole PIO bus destroyed when it could not shrink; MMIO untouched. */
+	expect(o, "xxrx spare=0", "xxrx spare=-ENOMEM", NULL);
 	vm_free(&vm);
 }
 
@@ -549,12 +607,14 @@ static void op_unregister_many(unsigned int n, struct outcome *o, bool *injected
 static void op_destroy_vm(unsigned int n, struct outcome *o, bool *injected)
 {
 	struct vm vm;
+	int vms;
 
 	vm_new(&vm);
 	add_zones(&vm);
 	vm_close_vcpu(&vm);
+	vms = count_vms();
 	o->rc = ARMED(n, injected, close(vm.fd));
-	strcpy(o->state, "-");
+	vm_gone(o, vms);
 }
 
 static void op_buffer_create(unsigned int n, struct outcome *o, bool *injected)
@@ -581,6 +641,7 @@ static void op_buffer_create(unsigned int n, struct outcome *o, bool *injected)
 	/* The buffer made, by the armed call or after it: it must work. */
 	must(zone2_ioctl(vm.fd, KVM_REGISTER_COALESCED_MMIO2, &b, MMIO_B, 0), "register onto it");
 	probe(&vm, &b, o->state, sizeof(o->state));
+	expect(o, "xxxb", NULL);
 	buffer_free(&b);
 	vm_free(&vm);
 }
@@ -599,6 +660,7 @@ static void op_buffer_mmap(unsigned int n, struct outcome *o, bool *injected)
 	o->rc = ring == MAP_FAILED ? -errno : 0;
 	*injected = disarm();
 	probe(&vm, &b, o->state, sizeof(o->state));
+	expect(o, "xxxb", NULL);
 	if (ring != MAP_FAILED) {
 		/* The second mapping shows what the first does: the same pages. */
 		if (memcmp(ring, b.ring, b.size))
@@ -624,6 +686,7 @@ static void op_buffer_register(unsigned int n, struct outcome *o, bool *injected
 		append_state(o, " again ");
 		probe(&vm, &b, o->state + strlen(o->state), sizeof(o->state) - strlen(o->state));
 	}
+	expect(o, o->rc ? "xxxx again xbxx" : "xbxx", NULL);
 	buffer_free(&b);
 	vm_free(&vm);
 }
@@ -648,6 +711,8 @@ static void op_buffer_unregister(unsigned int n, struct outcome *o, bool *inject
 		      zone2_ioctl(vm.fd, KVM_UNREGISTER_COALESCED_MMIO2, &b, PORT_B, 1));
 	probe(&vm, &b, o->state, sizeof(o->state));
 	spare_zone(&vm, o);
+	/* The buffer's port zone gone, or the whole PIO bus with the VM ring's zone too. */
+	expect(o, "rxrb spare=0", "xxrb spare=-ENOMEM", NULL);
 	buffer_free(&b);
 	vm_free(&vm);
 }
@@ -665,6 +730,11 @@ static void op_buffer_close(unsigned int n, struct outcome *o, bool *injected)
 	b.fd = -1;
 	probe(&vm, NULL, o->state, sizeof(o->state));
 	spare_zone(&vm, o);
+	/*
+	 * The buffer's zones gone; where a bus could not shrink, it is gone with the VM ring's zone
+	 * on it (the release walks the MMIO bus, then the PIO bus).
+	 */
+	expect(o, "rxrx spare=0", "rxxx spare=0", "xxrx spare=-ENOMEM", NULL);
 	vm_free(&vm);
 }
 
@@ -673,12 +743,14 @@ static void op_buffer_destroy_vm(unsigned int n, struct outcome *o, bool *inject
 {
 	struct buffer b = { .fd = -1 };
 	struct vm vm;
+	int vms;
 
 	buffer_with_zones(&vm, &b);
 	vm_free(&vm);
 	munmap(b.ring, b.size);
+	vms = count_vms();
 	o->rc = ARMED(n, injected, close(b.fd));
-	strcpy(o->state, "-");
+	vm_gone(o, vms);
 }
 
 static const struct op ops[] = {
@@ -700,7 +772,8 @@ static const struct op ops[] = {
 static const char *const reports[] = {
 	"WARNING:", "BUG:", "Oops", "general protection", "KASAN", "UBSAN", "kernel BUG",
 	"possible recursive locking", "circular locking", "inconsistent lock state",
-	"suspicious RCU usage", "rust_panic", "panicked at", "unreferenced object",
+	"suspicious RCU usage", "rust_panic", "panicked at", "unreferenced object", "INFO: task",
+	"rcu: INFO", "soft lockup",
 };
 
 /* Frames of the allocators and of fault injection itself, above the allocation's caller. */
@@ -785,7 +858,8 @@ static void read_kmsg(unsigned int n, bool injected)
 			continue;
 		if (!caller[0] && !allocator_frame(msg))
 			snprintf(caller, sizeof(caller), "%.*s", (int)(plus - msg), msg);
-		if (!kvm[0] && (strstr(plus, "[kvm]") || strstr(plus, "[kvm_amd]")))
+		if (!kvm[0] && (strstr(plus, "[kvm]") || strstr(plus, "[kvm_amd]") ||
+				 strstr(plus, "[kvm_intel]")))
 			snprintf(kvm, sizeof(kvm), "%.*s", (int)(plus - msg), msg);
 	}
 	if (injected)
@@ -890,7 +964,7 @@ int main(int argc, char *argv[])
 		       "CONFIG_FAULT_INJECTION_STACKTRACE_FILTER");
 	buffer_entries = kvm_check_cap(KVM_CAP_COALESCED_MMIO2);
 	find_function("new_slab", &slab_refill);
-	find_function("__alloc_empty_sheaf", &sheaf_alloc);
+	find_function("__kmalloc_flags_noprof", &slab_internal);
 
 	trace = fopen(trace_path, "w");
 	TEST_ASSERT(trace, "%s: %s", trace_path, strerror(errno));
