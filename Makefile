@@ -3,7 +3,7 @@
 # One start time for every script a target runs: the progress lines count from it, and Debian's
 # archive is asked which kernels it carries once per run (scripts/lib.sh's discover).
 export T0 := $(shell date +%s)
-.PHONY: demo bench check check-debug fuzz selftests-full setup kernel module selftests host-test lint codegen patches clean-build clean-cache
+.PHONY: demo bench check check-debug fuzz selftests-full setup kernel module deb selftests host-test lint codegen patches clean-build clean-cache
 
 # perf kvm stat on RTC port 0x70: no coalescing, stock C kvm.ko, Rust kvm.ko, in one boot.
 demo:
@@ -38,6 +38,11 @@ kernel: setup
 # that sid and experimental carry, or the one KVER=<release> names, or the prepared tree KDIR names.
 module:
 	@scripts/build-module
+
+# kvm-coalesced-rs-dkms_<version>_all.deb in out/deb/: DKMS builds our kvm.ko for each installed
+# Rust-enabled Debian kernel (README, "Install it with apt").
+deb:
+	@scripts/build-deb
 
 selftests: kernel
 	@scripts/build-selftests

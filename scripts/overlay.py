@@ -14,6 +14,9 @@ usage: overlay.py REPO PRISTINE WORK
             applied to SOURCE's copies and written to DEST, each only if changed; prints each
             path. A SOURCE that already carries a patch, such as our own work tree, is left as
             it is.)
+       overlay.py --patch-sections REPO DEST PREFIX
+           (for the DKMS package: the same changes as patches of their own, one per patch and file,
+            written to DEST in the order they apply, for dkms/build to apply with patch -p1)
 """
 
 import os
@@ -127,6 +130,18 @@ def patch_sources(repo, source, dest, prefix):
             print(rel)
 
 
+def patch_sections(repo, dest, prefix):
+    """--patch-sections: see the module docstring."""
+    dest.mkdir(parents=True, exist_ok=True)
+    n = 0
+    for p in sorted((repo / "patches").glob("*.patch")):
+        for rel, text in file_sections(p):
+            if rel.startswith(prefix) and rel.endswith((".c", ".h")):
+                n += 1
+                (dest / f"{n:02d}-{p.name[:4]}-{rel.replace('/', '_')}.patch").write_text(text)
+                print(rel)
+
+
 def write_if_changed(path: pathlib.Path, data) -> bool:
     if data is None:
         if path.exists():
@@ -146,6 +161,9 @@ def main():
     if sys.argv[1:2] == ["--patch-sources"]:
         repo, source, dest = (pathlib.Path(a).resolve() for a in sys.argv[2:5])
         patch_sources(repo, source, dest, sys.argv[5])
+        return
+    if sys.argv[1:2] == ["--patch-sections"]:
+        patch_sections(pathlib.Path(sys.argv[2]).resolve(), pathlib.Path(sys.argv[3]), sys.argv[4])
         return
     if sys.argv[1:2] == ["--list"]:
         print("".join(f"{rel}\n" for rel in tracked_files(pathlib.Path(sys.argv[2]).resolve())), end="")
