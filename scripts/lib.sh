@@ -17,10 +17,11 @@ export CURRENT_BUILD
 case "$FLAVOUR" in guest) CURRENT_BUILD=$CACHE/current-build ;; debug) CURRENT_BUILD=$CACHE/current-build-debug ;;
 *) echo "error: KVMRS_FLAVOUR must be guest or debug" >&2; exit 1 ;; esac
 
-# The kernel series we support. Which kernels and sources of them Debian's archive carries is
-# found at run time (scripts/discover-kernels, through `discover` below): no file names a Debian
-# package version or kernel release.
-SUPPORTED_SERIES=(7.2 7.3)
+# The kernel series we support (dkms/supported-series, which the DKMS package reads too). Which
+# kernels and sources of them Debian's archive carries is found at run time
+# (scripts/discover-kernels, through `discover` below): no file names a Debian package version
+# or kernel release.
+read -r -a SUPPORTED_SERIES <"$TOP/dkms/supported-series"
 # The series of our own guest kernel (make kernel), built from the newest linux-source of that
 # series in sid or experimental. Our patches are against this series alone; the others are
 # out-of-tree targets only.
