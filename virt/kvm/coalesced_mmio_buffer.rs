@@ -32,8 +32,7 @@ use crate::{
         coalesced::{
             BufferZone, RingGuard, RingView, ENTRY_DATA, RING_ENTRY_BYTES, RING_HEADER_BYTES,
         },
-        eopnotsupp,
-        iodev::{IoDevice, IoDeviceOps},
+        iodev::{IoDevice, IoDeviceOps, NotTaken},
         shared_pages::SharedPages,
         Bus, Vm, THIS_MODULE,
     },
@@ -131,7 +130,7 @@ impl CoalescedBuffer {
         unsafe { RingGuard::new(self.ring_lock.lock(), self.ring.view()) }
     }
 
-    /// Appends a guest write to the ring; `EOPNOTSUPP` makes it an exit.
+    /// Appends a guest write to the ring; [`NotTaken`] makes it an exit.
     ///
     /// Pollers are woken only if a `poll()` has looked at the ring since the last wake-up, so a
     /// write costs no wait-queue lock while nobody polls. No poller misses an entry: `poll()`
@@ -142,7 +141,7 @@ impl CoalescedBuffer {
     /// (with the NULL key that [`PollCondVar::notify_all`] passes, io_uring calls it too); it
     /// decides to sleep from what it reads itself, so the wake-up cannot depend on whether the
     /// ring looked empty to this write.
-    fn append(&self, addr: u64, data: &[u8], pio: u32) -> Result {
+    fn append(&self, addr: u64, data: &[u8], pio: u32) -> Result<(), NotTaken> {
         let wake = {
             let mut ring = self.lock_ring();
             append(&mut ring, addr, data, pio)?;
@@ -228,10 +227,10 @@ impl IoDeviceOps for BufferedZone {
 
     /// As for a zone of the VM's ring, but into the buffer's ring, under the buffer's lock.
     #[inline]
-    fn write(dev: &IoDevice<Self>, addr: u64, data: &[u8]) -> Result {
+    fn write(dev: &IoDevice<Self>, addr: u64, data: &[u8]) -> Result<(), NotTaken> {
         let zone = dev.range();
         if !access_inside(zone.addr, zone.size, addr, data.len()) {
-            return Err(eopnotsupp());
+            return Err(NotTaken);
         }
         dev.data().buffer.append(addr, data, pio_flag(zone.bus))
     }

@@ -49,8 +49,7 @@ use kernel::{error::from_result, ffi::c_int, prelude::*, static_lock_class};
 use kvm::{
     bindings,
     coalesced::{self, Zone, ENTRY_DATA},
-    eopnotsupp,
-    iodev::{IoDevice, IoDeviceOps},
+    iodev::{IoDevice, IoDeviceOps, NotTaken},
     Vm,
 };
 
@@ -64,17 +63,17 @@ impl IoDeviceOps for CoalescedZone {
     /// negative length) and lets the compiler drop `fill()`'s own check of that bound.
     const MAX_ACCESS: usize = ENTRY_DATA;
 
-    /// Appends the write to the ring instead of exiting to userspace. `EOPNOTSUPP` makes it an
+    /// Appends the write to the ring instead of exiting to userspace. [`NotTaken`] makes it an
     /// ordinary MMIO or PIO exit: when it is not wholly inside the zone, when the ring is full,
     /// or when userspace has corrupted `last`.
     ///
     /// `#[inline]`, so that the C callback the abstraction builds for this type contains the
     /// whole write path instead of tail-calling into it.
     #[inline]
-    fn write(dev: &IoDevice<Self>, addr: u64, data: &[u8]) -> Result {
+    fn write(dev: &IoDevice<Self>, addr: u64, data: &[u8]) -> Result<(), NotTaken> {
         let zone = dev.range();
         if !access_inside(zone.addr, zone.size, addr, data.len()) {
-            return Err(eopnotsupp());
+            return Err(NotTaken);
         }
 
         append(

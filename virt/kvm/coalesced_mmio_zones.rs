@@ -12,8 +12,7 @@ use crate::{
     coalesced_mmio_logic::{next_insert, zone_contains},
     kvm::{
         coalesced::{RingGuard, Zone},
-        eopnotsupp,
-        iodev::{IoDevice, IoDeviceOps, IoRange},
+        iodev::{IoDevice, IoDeviceOps, IoRange, NotTaken},
         Bus, Vm,
     },
 };
@@ -38,21 +37,26 @@ pub(crate) fn pio_flag(bus: Bus) -> u32 {
     }
 }
 
-/// Appends a write to the ring whose lock `ring` holds; `EOPNOTSUPP` when it is full or userspace
-/// has corrupted `last`.
+/// Appends a write to the ring whose lock `ring` holds; [`NotTaken`] (an exit) when it is full
+/// or userspace has corrupted `last`.
 #[inline(always)]
-pub(crate) fn append<T>(ring: &mut RingGuard<'_, T>, addr: u64, data: &[u8], pio: u32) -> Result {
+pub(crate) fn append<T>(
+    ring: &mut RingGuard<'_, T>,
+    addr: u64,
+    data: &[u8],
+    pio: u32,
+) -> Result<(), NotTaken> {
     // Each index is read once: userspace may rewrite both at any time, and only the checked
     // snapshot of `last` is used as an index (CVE-2019-14821).
     let last = ring.last();
     let Some(insert) = next_insert(ring.first(), last, ring.entries()) else {
-        return Err(eopnotsupp());
+        return Err(NotTaken);
     };
 
     // Copy the data in the first free entry of the ring, then move `last`; publishing issues
     // smp_wmb() first, so the VMM never sees `last` ahead of the entry.
     ring.fill(insert.slot, addr, data, pio)
-        .map_err(|_| eopnotsupp())?;
+        .map_err(|_| NotTaken)?;
     ring.publish_last(insert.next_last);
     Ok(())
 }

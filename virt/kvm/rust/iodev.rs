@@ -8,7 +8,7 @@
 //! its operations from vCPU threads, and calls its destructor exactly once, when the device is
 //! unregistered or the VM is destroyed; the destructor drops the box.
 
-use super::{bindings, eopnotsupp, Bus, Vm};
+use super::{bindings, Bus, Vm};
 use core::{marker::PhantomData, ptr::NonNull};
 use kernel::{
     alloc::{flags::GFP_KERNEL_ACCOUNT, KBox},
@@ -30,27 +30,36 @@ pub(crate) struct IoRange {
     pub(crate) size: u32,
 }
 
+/// What a device answers for a guest access it does not take: KVM hands the access on to the
+/// next device on the bus, or to userspace as an exit. A C device returns `-EOPNOTSUPP`, and so
+/// does the callback for this; KVM's bus only tells zero from non-zero.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct NotTaken;
+
+/// `-EOPNOTSUPP`, what [`NotTaken`] is in C: a constant, so that no error path of the callbacks
+/// calls into the kernel crate to make an `Error`.
+const NOT_TAKEN_ERRNO: c_int = -(bindings::EOPNOTSUPP as c_int);
+
 /// What a device does with the guest accesses that reach it.
 ///
 /// KVM calls these from vCPU threads, several at once, inside an SRCU read-side section of the
 /// VM: they must not sleep.
 #[vtable]
 pub(crate) trait IoDeviceOps: Sized + Send + Sync {
-    /// The longest access, in bytes, the device handles. A longer one is refused with
-    /// [`EOPNOTSUPP`](eopnotsupp) without calling the device, which KVM treats like the device's
-    /// own refusal.
+    /// The longest access, in bytes, the device handles. A longer one is [`NotTaken`] without
+    /// calling the device.
     const MAX_ACCESS: usize = usize::MAX;
 
     /// Handles a guest write of `data` at `addr`.
     ///
-    /// An error (KVM expects [`EOPNOTSUPP`](eopnotsupp)) hands the write on to the next device on
-    /// the bus and, if no device takes it, to userspace as an ordinary MMIO or PIO exit.
-    fn write(_dev: &IoDevice<Self>, _addr: u64, _data: &[u8]) -> Result {
+    /// [`NotTaken`] hands the write on to the next device on the bus and, if no device takes it,
+    /// to userspace as an ordinary MMIO or PIO exit.
+    fn write(_dev: &IoDevice<Self>, _addr: u64, _data: &[u8]) -> Result<(), NotTaken> {
         build_error!(VTABLE_DEFAULT_ERROR)
     }
 
     /// Handles a guest read of `data.len()` bytes at `addr`, like [`IoDeviceOps::write`].
-    fn read(_dev: &IoDevice<Self>, _addr: u64, _data: &mut [u8]) -> Result {
+    fn read(_dev: &IoDevice<Self>, _addr: u64, _data: &mut [u8]) -> Result<(), NotTaken> {
         build_error!(VTABLE_DEFAULT_ERROR)
     }
 }
@@ -195,7 +204,7 @@ impl<T: IoDeviceOps> OpsTable<T> {
         val: *const c_void,
     ) -> c_int {
         let Some(len) = access_len::<T>(len) else {
-            return eopnotsupp().to_errno();
+            return NOT_TAKEN_ERRNO;
         };
         // SAFETY: `dev` is the first field of `Header`, which is the first field of the `repr(C)`
         // `IoDevice<T>`, so `this` points to the device; the caller guarantees it is alive.
@@ -218,7 +227,7 @@ impl<T: IoDeviceOps> OpsTable<T> {
         val: *mut c_void,
     ) -> c_int {
         let Some(len) = access_len::<T>(len) else {
-            return eopnotsupp().to_errno();
+            return NOT_TAKEN_ERRNO;
         };
         // SAFETY: as in `write_callback`.
         let dev = unsafe { &*this.cast::<IoDevice<T>>() };
@@ -272,9 +281,9 @@ fn access_len<T: IoDeviceOps>(len: c_int) -> Option<usize> {
 /// Every guest access to a device goes through this, so it is a plain `match` the compiler
 /// inlines into the callback (a `from_result` closure was left as a separate call).
 #[inline(always)]
-fn errno_of(result: Result) -> c_int {
+fn errno_of(result: Result<(), NotTaken>) -> c_int {
     match result {
         Ok(()) => 0,
-        Err(e) => e.to_errno(),
+        Err(NotTaken) => NOT_TAKEN_ERRNO,
     }
 }

@@ -43,7 +43,6 @@ pub(crate) use c_entry_points;
 
 use core::ptr::NonNull;
 use kernel::{
-    prelude::*,
     sync::{aref::AlwaysRefCounted, Mutex, MutexGuard},
     types::Opaque,
     ThisModule,
@@ -64,21 +63,6 @@ pub(crate) const fn this_module() -> ThisModule {
     // SAFETY: built into the kernel, code has no module: `THIS_MODULE` is null, as in C.
     unsafe {
         ThisModule::from_ptr(core::ptr::null_mut())
-    }
-}
-
-/// `EOPNOTSUPP`: what a device on a KVM bus answers for an access it does not take, which KVM
-/// then offers to the next device or turns into an exit to userspace.
-#[inline]
-pub(crate) fn eopnotsupp() -> Error {
-    #[cfg(not(kernel_lacks_errno_constants))]
-    {
-        kernel::error::code::EOPNOTSUPP
-    }
-    // A 7.2 kernel crate has no such constant.
-    #[cfg(kernel_lacks_errno_constants)]
-    {
-        Error::from_errno(-(bindings::EOPNOTSUPP as kernel::ffi::c_int))
     }
 }
 
